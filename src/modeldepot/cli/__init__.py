@@ -1,0 +1,1 @@
+"""The ``modeldepot`` command line: a thin layer over the SDK (tables, or ``--json`` for scripts)."""

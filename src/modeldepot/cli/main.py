@@ -1,0 +1,101 @@
+"""The ``modeldepot`` command: groups, global options, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .._version import __version__
+from ..errors import ModeldepotError
+from . import aliases, keys, models, projects, serve
+from .context import make_client, save_login, settings
+from .output import emit_json, err_console, fields, json_option
+
+EPILOG = """\b
+Start here:
+  modeldepot serve                                   # in one terminal
+  modeldepot login --url http://127.0.0.1:8750 --api-key md_…
+  modeldepot projects create vision
+  modeldepot models upload ./model.onnx --name squeezenet --project pr…
+  modeldepot models list --project pr…
+
+Exit codes: 0 ok, 1 unexpected, 2 usage, 3 invalid input, 4 not found, 5 conflict,
+6 unauthenticated, 7 permission denied, 8 integrity, 9 storage full, 10 cannot reach server.
+"""
+
+
+class Group(click.Group):
+    """Turns every modeldepot error into one readable line and its documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModeldepotError as exc:
+            err_console.print(f"[bold red]Error:[/] {exc.detail}", highlight=False, soft_wrap=True)
+            if exc.hint:
+                err_console.print(f"[dim]Hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modeldepot")
+@click.option("--url", envvar="MODELDEPOT_URL", help="Server URL (default: from `modeldepot login`).")
+@click.option("--api-key", envvar="MODELDEPOT_API_KEY", help="API key (default: from `modeldepot login`).")
+def cli(url: str | None, api_key: str | None) -> None:
+    """modeldepot: a self-hosted model repository for machine-learning teams."""
+
+
+@cli.command()
+@click.option("--url", "server_url", required=True, help="The server, e.g. http://127.0.0.1:8750")
+@click.option("--api-key", "key", prompt=True, hide_input=True, help="Your API key (prompted when left out).")
+@json_option
+def login(server_url: str, key: str, as_json: bool) -> None:
+    """Check a server URL and API key, and store them (mode 0600) for later commands.
+
+    \b
+    Example:
+      modeldepot login --url http://127.0.0.1:8750 --api-key md_…
+    """
+    from ..client import Client
+
+    with Client(server_url, key.strip()) as client:
+        me = client.whoami()
+    path = save_login(server_url, key.strip())
+    if as_json:
+        emit_json({"config_file": str(path), **me})
+    else:
+        who = "global admin" if me["is_admin"] else f"{len(me['roles'])} project role(s)"
+        click.echo(f"Logged in to {server_url} as {me['user']} ({who}). Saved to {path}")
+
+
+@cli.command()
+def logout() -> None:
+    """Forget the stored server URL and API key."""
+    path = settings().config_file
+    path.unlink(missing_ok=True)
+    click.echo(f"Removed {path}")
+
+
+@cli.command()
+@json_option
+def whoami(as_json: bool) -> None:
+    """Show which key you are using and its roles."""
+    me = make_client().whoami()
+    if as_json:
+        emit_json(me)
+        return
+    roles = ", ".join(f"{p}: {r}" for p, r in sorted(me["roles"].items())) or "-"
+    fields([("Key", me["key_id"]), ("User", me["user"]), ("Admin", me["is_admin"]), ("Roles", roles)])
+
+
+cli.add_command(serve.serve)
+cli.add_command(projects.group)
+cli.add_command(models.group)
+cli.add_command(aliases.group)
+cli.add_command(keys.group)
+
+
+def main() -> None:
+    cli(prog_name="modeldepot")

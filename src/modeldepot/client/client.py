@@ -1,0 +1,361 @@
+"""``modeldepot.Client``: the SDK. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from ..errors import ConnectionFailed, IntegrityError, ModeldepotError, error_from_problem
+from ..records import Alias, ApiKey, Model, ModelFile, NewApiKey, Page, Project
+from . import transfer
+
+
+class Progress(Protocol):
+    """What uploads and downloads report to (the CLI passes a rich progress bar)."""
+
+    def start(self, phase: str, total_bytes: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class _NoProgress:
+    def start(self, phase: str, total_bytes: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class Client:
+    """A connection to a modeldepot server.
+
+    Example::
+
+        client = Client("http://127.0.0.1:8750", api_key="md_…")
+        project = client.create_project("vision")
+        model = client.upload("model.onnx", project=project.id, name="squeezenet", summary={"accuracy": 0.71})
+        client.download(model.id, "./out")
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 60.0, parallel: int = 4):
+        self.url = url.rstrip("/")
+        self.parallel = max(1, parallel)
+        headers = {"User-Agent": "modeldepot-sdk"}
+        if api_key:
+            headers["X-API-Key"] = api_key
+        self._http = httpx.Client(
+            base_url=self.url + "/api/v1",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=self.parallel + 4),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(
+                f"Cannot reach modeldepot at {self.url}: {exc}",
+                hint="Is the server running? Check the URL given to `modeldepot login`.",
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text
+            raise error_from_problem(response.status_code, body)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    # -- identity ----------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/health")
+        return result
+
+    def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/whoami")
+        return result
+
+    # -- projects ----------------------------------------------------------------------------------
+
+    def create_project(self, name: str, *, tags: list[str] | None = None) -> Project:
+        return Project.from_json(self._json("POST", "/projects", json={"name": name, "tags": tags or []}))
+
+    def list_projects(self, *, tag: str | None = None) -> list[Project]:
+        params = {"tag": tag} if tag else None
+        return [Project.from_json(p) for p in self._json("GET", "/projects", params=params)["items"]]
+
+    def get_project(self, project_id: str) -> Project:
+        return Project.from_json(self._json("GET", f"/projects/{_seg(project_id)}"))
+
+    def rename_project(self, project_id: str, name: str) -> Project:
+        return Project.from_json(self._json("PATCH", f"/projects/{_seg(project_id)}", json={"name": name}))
+
+    def delete_project(self, project_id: str, *, force: bool = False) -> None:
+        self._request("DELETE", f"/projects/{_seg(project_id)}", params={"force": str(force).lower()})
+
+    # -- models: reading ---------------------------------------------------------------------------
+
+    def list_models(
+        self,
+        *,
+        project: str | None = None,
+        tag: str | None = None,
+        name: str | None = None,
+        type: str | None = None,
+        state: str = "ready",
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[Model]:
+        """One page, newest first; pass ``page.next_cursor`` as ``cursor`` for the next."""
+        params = {
+            "project": project,
+            "tag": tag,
+            "name": name,
+            "type": type,
+            "state": state,
+            "cursor": cursor,
+        }
+        clean: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
+        clean["limit"] = limit
+        data = self._json("GET", "/models", params=clean)
+        return Page(items=tuple(Model.from_json(m) for m in data["items"]), next_cursor=data["next_cursor"])
+
+    def iter_models(self, **filters: Any) -> Iterator[Model]:
+        """Every model matching the filters of :meth:`list_models`, page by page."""
+        cursor = None
+        while True:
+            page = self.list_models(cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_model(self, model_id: str) -> Model:
+        return Model.from_json(self._json("GET", f"/models/{_seg(model_id)}"))
+
+    def list_files(self, model_id: str) -> list[ModelFile]:
+        return [ModelFile.from_json(f) for f in self._json("GET", f"/models/{_seg(model_id)}/files")["items"]]
+
+    # -- models: changing --------------------------------------------------------------------------
+
+    def update_model(self, model_id: str, **changes: Any) -> Model:
+        """Change ``name``, ``notes``, ``summary``, ``metadata``, ``dataset_ref`` or ``tags``."""
+        body = {k: v for k, v in changes.items() if v is not None}
+        return Model.from_json(self._json("PATCH", f"/models/{_seg(model_id)}", json=body))
+
+    def rename_model(self, model_id: str, name: str) -> Model:
+        return self.update_model(model_id, name=name)
+
+    def add_tags(self, model_id: str, *tags: str) -> Model:
+        return self.update_model(model_id, add_tags=list(tags))
+
+    def remove_tags(self, model_id: str, *tags: str) -> Model:
+        return self.update_model(model_id, remove_tags=list(tags))
+
+    def delete_model(self, model_id: str) -> None:
+        self._request("DELETE", f"/models/{_seg(model_id)}")
+
+    # -- models: transfers -------------------------------------------------------------------------
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        project: str,
+        name: str,
+        type: str | None = None,
+        summary: dict[str, Any] | None = None,
+        notes: str | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        dataset_ref: str | None = None,
+        progress: Progress | None = None,
+    ) -> Model:
+        """Upload a file or a directory as a new model and return it once it is ``ready``.
+
+        Files are hashed first; only content the server lacks is sent; the model becomes visible when
+        every byte is verified. On any failure the half-made model is removed.
+        """
+        bar = progress or _NoProgress()
+        entries = transfer.scan(Path(path))
+        total = sum(local.stat().st_size for _, local in entries)
+        bar.start("hashing", total)
+        manifest = transfer.build_manifest(entries, bar.advance)
+        bar.finish()
+        body = {
+            "name": name,
+            "type": type,
+            "summary": summary,
+            "notes": notes,
+            "tags": tags or [],
+            "metadata": metadata,
+            "dataset_ref": dataset_ref,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f, _ in manifest],
+        }
+        plan = self._json("POST", f"/projects/{_seg(project)}/models", json=body)
+        model_id = plan["model"]["id"]
+        try:
+            local_of = {f.sha256: local for f, local in manifest}
+            missing = plan["missing"]
+            bar.start("uploading", sum(int(m["size"]) for m in missing))
+            self._send_blobs(model_id, missing, local_of, bar.advance)
+            bar.finish()
+            return Model.from_json(self._json("POST", f"/models/{_seg(model_id)}/commit"))
+        except BaseException:
+            bar.finish()
+            # If this fails too, the server's cleanup of expired uploads removes the model later.
+            with contextlib.suppress(ModeldepotError):
+                self.delete_model(model_id)
+            raise
+
+    def _send_blobs(
+        self,
+        model_id: str,
+        missing: list[dict[str, Any]],
+        local_of: dict[str, Path],
+        advance: Callable[[int], None],
+    ) -> None:
+        def send(item: dict[str, Any]) -> None:
+            sha, size = item["sha256"], int(item["size"])
+            self._request(
+                "PUT",
+                f"/models/{_seg(model_id)}/blobs/{sha}",
+                content=transfer.read_chunks(local_of[sha], size, advance),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                timeout=httpx.Timeout(None, connect=10.0),
+            )
+
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            for future in [pool.submit(send, item) for item in missing]:
+                future.result()
+
+    def download(
+        self, model_id: str, dest: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> list[Path]:
+        """Download every file of a model under ``dest``; each is verified against its sha256.
+
+        A file is written as ``NAME.part`` and renamed only once its hash matches; files already
+        present with the right hash are kept as they are.
+        """
+        bar = progress or _NoProgress()
+        files = self.list_files(model_id)
+        root = Path(dest)
+        targets = [(f, transfer.safe_target(root, f.path)) for f in files]
+        bar.start("downloading", sum(f.size for f in files))
+        written: list[Path] = []
+
+        def fetch(item: tuple[ModelFile, Path]) -> Path:
+            f, target = item
+            if (
+                target.is_file()
+                and target.stat().st_size == f.size
+                and transfer.sha256_file(target) == f.sha256
+            ):
+                bar.advance(f.size)
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(target.name + ".part")
+            digest = hashlib.sha256()
+            url = f"/models/{_seg(model_id)}/files/{_seg(f.path, safe='/')}"
+            try:
+                with self._http.stream("GET", url, timeout=httpx.Timeout(None, connect=10.0)) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        self._raise_for(response)
+                    with part.open("wb") as out:
+                        for chunk in response.iter_bytes(transfer.CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            bar.advance(len(chunk))
+            except httpx.TransportError as exc:
+                raise ConnectionFailed(f"Download of {f.path} from {self.url} failed: {exc}") from exc
+            if digest.hexdigest() != f.sha256:
+                part.unlink(missing_ok=True)
+                raise IntegrityError(f"{f.path} arrived corrupted (sha256 mismatch); it was not kept")
+            os.replace(part, target)
+            return target
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                written = list(pool.map(fetch, targets))
+        finally:
+            bar.finish()
+        return written
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        raise error_from_problem(response.status_code, body)
+
+    # -- aliases -----------------------------------------------------------------------------------
+
+    def set_alias(self, project: str, model_name: str, alias: str, model_id: str) -> Alias:
+        path = f"/projects/{_seg(project)}/aliases/{_seg(model_name)}/{_seg(alias)}"
+        return Alias.from_json(self._json("PUT", path, json={"model_id": model_id}))
+
+    def get_alias(self, project: str, model_name: str, alias: str) -> Alias:
+        path = f"/projects/{_seg(project)}/aliases/{_seg(model_name)}/{_seg(alias)}"
+        return Alias.from_json(self._json("GET", path))
+
+    def list_aliases(self, project: str) -> list[Alias]:
+        return [Alias.from_json(a) for a in self._json("GET", f"/projects/{_seg(project)}/aliases")["items"]]
+
+    def delete_alias(self, project: str, model_name: str, alias: str) -> None:
+        self._request("DELETE", f"/projects/{_seg(project)}/aliases/{_seg(model_name)}/{_seg(alias)}")
+
+    # -- API keys ----------------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        *,
+        project: str | None = None,
+        role: str | None = None,
+        admin: bool = False,
+        name: str = "",
+        user: str | None = None,
+    ) -> NewApiKey:
+        body = {"project": project, "role": role, "admin": admin, "name": name, "user": user}
+        data = self._json("POST", "/keys", json=body)
+        return NewApiKey(key=ApiKey.from_json(data["key"]), secret=data["secret"])
+
+    def list_keys(self, *, project: str | None = None) -> list[ApiKey]:
+        params = {"project": project} if project else None
+        return [ApiKey.from_json(k) for k in self._json("GET", "/keys", params=params)["items"]]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        return ApiKey.from_json(self._json("DELETE", f"/keys/{_seg(key_id)}"))
+
+
+def _seg(value: str, safe: str = "") -> str:
+    """One URL path segment (or a path, with ``safe='/'``), percent-encoded."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe=safe)

@@ -1,0 +1,99 @@
+"""Client-side file work: scanning a path into a manifest (hashed in parallel) and safe local writes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..errors import IntegrityError, InvalidInput
+from ..paths import normalize_path
+from ..records import ModelFile
+
+CHUNK = 1024 * 1024
+
+
+def sha256_file(path: Path, on_bytes: object = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            if callable(on_bytes):
+                on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
+def scan(root: Path) -> list[tuple[str, Path]]:
+    """(stored path, local path) for a file, or for every file under a directory (sorted)."""
+    if not root.exists():
+        raise InvalidInput(f"{root} does not exist", hint="Check the path you gave.")
+    if root.is_file():
+        return [(normalize_path(root.name), root)]
+    if not root.is_dir():
+        raise InvalidInput(f"{root} is neither a file nor a directory")
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            local = Path(dirpath) / name
+            if not local.is_file():  # broken symlinks, sockets, fifos
+                continue
+            rel = local.relative_to(root).as_posix()
+            found.append((normalize_path(rel), local))
+    if not found:
+        raise InvalidInput(
+            f"Directory {root} has no files to upload", hint="A model needs at least one file."
+        )
+    return found
+
+
+def build_manifest(
+    entries: list[tuple[str, Path]], on_bytes: object = None, workers: int | None = None
+) -> list[tuple[ModelFile, Path]]:
+    """Hash every file (sha256, streamed) on a few threads; hashlib releases the GIL on big buffers."""
+
+    def one(entry: tuple[str, Path]) -> tuple[ModelFile, Path]:
+        stored, local = entry
+        try:
+            size = local.stat().st_size
+            digest = sha256_file(local, on_bytes)
+        except FileNotFoundError:
+            raise InvalidInput(f"{local} vanished while it was being read", hint="Upload again.") from None
+        return ModelFile(path=stored, size=size, sha256=digest), local
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2)) as pool:
+        return list(pool.map(one, entries))
+
+
+def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iterator[bytes]:
+    """The file's bytes, refusing to send more or fewer than the manifest said."""
+    sent = 0
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path} vanished before it was uploaded", hint="Upload again.") from None
+    with f:
+        while chunk := f.read(CHUNK):
+            sent += len(chunk)
+            if sent > expected_size:
+                raise IntegrityError(
+                    f"{path} grew while it was being uploaded", hint="Upload it again when stable."
+                )
+            if callable(on_bytes):
+                on_bytes(len(chunk))
+            yield chunk
+    if sent != expected_size:
+        raise IntegrityError(
+            f"{path} changed while it was being uploaded", hint="Upload it again when stable."
+        )
+
+
+def safe_target(dest: Path, stored_path: str) -> Path:
+    """Where a stored path lands under ``dest``; refuses anything that would escape it."""
+    clean = normalize_path(stored_path)
+    target = (dest / clean).resolve()
+    if not target.is_relative_to(dest.resolve()):
+        raise InvalidInput(f"Refusing to write {stored_path!r} outside {dest}")
+    return target

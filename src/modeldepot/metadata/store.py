@@ -1,0 +1,579 @@
+"""The SQLAlchemy implementation of :class:`modeldepot.services.ports.MetadataStore`."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from ..records import Alias, ApiKey, Model, ModelFile, Project
+from ..services.ports import ModelQuery, NewModel, StoredKey
+from . import tables as t
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``sqlite:///…`` (WAL, foreign keys on) or ``postgresql://…`` (psycopg 3)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class SqlMetadataStore:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # -- projects ----------------------------------------------------------------------------------
+
+    def create_project(self, project: Project) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(t.projects).values(
+                    id=project.id,
+                    name=project.name,
+                    created_at=project.created_at,
+                    created_by=project.created_by,
+                    repo_name=project.repo_name,
+                    repo_url=project.repo_url,
+                )
+            )
+            self._replace_tags(conn, t.project_tags, "project_id", project.id, project.tags)
+
+    def _projects(self, conn: Connection, where: Any) -> list[Project]:
+        counts = (
+            select(t.models.c.project_id, func.count().label("n"))
+            .where(t.models.c.state == "ready")
+            .group_by(t.models.c.project_id)
+            .subquery()
+        )
+        rows = conn.execute(
+            select(t.projects, func.coalesce(counts.c.n, 0).label("model_count"))
+            .outerjoin(counts, counts.c.project_id == t.projects.c.id)
+            .where(where)
+            .order_by(t.projects.c.created_at.desc(), t.projects.c.id)
+        ).mappings()
+        found = list(rows)
+        tags: dict[str, list[str]] = defaultdict(list)
+        if found:
+            for pid, tag in conn.execute(
+                select(t.project_tags.c.project_id, t.project_tags.c.tag)
+                .where(t.project_tags.c.project_id.in_([r["id"] for r in found]))
+                .order_by(t.project_tags.c.tag)
+            ):
+                tags[pid].append(tag)
+        return [
+            Project(
+                id=r["id"],
+                name=r["name"],
+                created_at=_utc(r["created_at"]),  # type: ignore[arg-type]
+                created_by=r["created_by"],
+                model_count=int(r["model_count"]),
+                tags=tuple(tags[r["id"]]),
+                repo_name=r["repo_name"],
+                repo_url=r["repo_url"],
+            )
+            for r in found
+        ]
+
+    def get_project(self, project_id: str) -> Project | None:
+        with self._read() as conn:
+            found = self._projects(conn, t.projects.c.id == project_id)
+        return found[0] if found else None
+
+    def list_projects(self, project_ids: tuple[str, ...] | None) -> list[Project]:
+        where = t.projects.c.id.in_(project_ids) if project_ids is not None else True
+        with self._read() as conn:
+            return self._projects(conn, where)
+
+    def update_project(self, project_id: str, **fields: Any) -> None:
+        with self._tx() as conn:
+            conn.execute(update(t.projects).where(t.projects.c.id == project_id).values(**fields))
+
+    def set_project_tags(self, project_id: str, tags: Iterable[str]) -> None:
+        with self._tx() as conn:
+            self._replace_tags(conn, t.project_tags, "project_id", project_id, tags)
+
+    def delete_project(self, project_id: str) -> None:
+        with self._tx() as conn:
+            # Children first: no reliance on ON DELETE CASCADE being switched on in every dialect.
+            model_ids = select(t.models.c.id).where(t.models.c.project_id == project_id)
+            conn.execute(delete(t.aliases).where(t.aliases.c.project_id == project_id))
+            conn.execute(delete(t.alias_history).where(t.alias_history.c.project_id == project_id))
+            conn.execute(delete(t.model_tags).where(t.model_tags.c.model_id.in_(model_ids)))
+            conn.execute(delete(t.model_files).where(t.model_files.c.model_id.in_(model_ids)))
+            conn.execute(delete(t.models).where(t.models.c.project_id == project_id))
+            conn.execute(delete(t.key_roles).where(t.key_roles.c.project_id == project_id))
+            conn.execute(delete(t.project_tags).where(t.project_tags.c.project_id == project_id))
+            conn.execute(delete(t.projects).where(t.projects.c.id == project_id))
+
+    def count_models(self, project_id: str) -> int:
+        with self._read() as conn:
+            return int(conn.scalar(select(func.count()).where(t.models.c.project_id == project_id)) or 0)
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def create_model(self, new: NewModel) -> Model:
+        size = sum(f.size for f in new.files)
+        for attempt in range(20):
+            try:
+                with self._tx() as conn:
+                    version = 1 + int(
+                        conn.scalar(
+                            select(func.coalesce(func.max(t.models.c.version), 0)).where(
+                                t.models.c.project_id == new.project_id, t.models.c.name == new.name
+                            )
+                        )
+                        or 0
+                    )
+                    seq = conn.execute(
+                        insert(t.models)
+                        .values(
+                            id=new.id,
+                            project_id=new.project_id,
+                            name=new.name,
+                            version=version,
+                            type=new.type or "Custom",
+                            state="uploading",
+                            summary=new.summary,
+                            notes=new.notes,
+                            metadata=new.metadata,
+                            dataset_ref=new.dataset_ref,
+                            source=new.source,
+                            created_at=new.created_at,
+                            created_by=new.created_by,
+                            size=size,
+                            file_count=len(new.files),
+                            expires_at=new.expires_at,
+                        )
+                        .returning(t.models.c.seq)
+                    ).scalar_one()
+                    if new.tags:
+                        conn.execute(
+                            insert(t.model_tags),
+                            [{"model_id": new.id, "tag": tag, "seq": seq} for tag in sorted(set(new.tags))],
+                        )
+                    if new.files:
+                        conn.execute(
+                            insert(t.model_files),
+                            [
+                                {"model_id": new.id, "path": f.path, "size": f.size, "sha256": f.sha256}
+                                for f in new.files
+                            ],
+                        )
+                break
+            except sa_exc.IntegrityError:
+                # Two uploads of the same name raced for the same version: take the next one.
+                if attempt == 19:
+                    raise
+        model = self.get_model(new.id, with_files=False)
+        assert model is not None
+        return model
+
+    _MODEL_COLS = (
+        t.models.c.seq,
+        t.models.c.id,
+        t.models.c.project_id,
+        t.models.c.name,
+        t.models.c.version,
+        t.models.c.type,
+        t.models.c.state,
+        t.models.c.summary,
+        t.models.c.notes,
+        t.models.c.metadata,
+        t.models.c.dataset_ref,
+        t.models.c.source,
+        t.models.c.created_at,
+        t.models.c.created_by,
+        t.models.c.size,
+        t.models.c.file_count,
+        t.models.c.deployment_state,
+    )
+
+    def _to_models(
+        self, conn: Connection, rows: Sequence[RowMapping], files: dict[str, list[ModelFile]] | None = None
+    ) -> list[Model]:
+        tags: dict[str, list[str]] = defaultdict(list)
+        if rows:
+            for mid, tag in conn.execute(
+                select(t.model_tags.c.model_id, t.model_tags.c.tag)
+                .where(t.model_tags.c.model_id.in_([r["id"] for r in rows]))
+                .order_by(t.model_tags.c.tag)
+            ):
+                tags[mid].append(tag)
+        return [
+            Model(
+                id=r["id"],
+                project_id=r["project_id"],
+                name=r["name"],
+                version=r["version"],
+                type=r["type"],
+                state=r["state"],
+                summary=r["summary"] or {},
+                notes=r["notes"],
+                tags=tuple(tags[r["id"]]),
+                metadata=r["metadata"] or {},
+                dataset_ref=r["dataset_ref"],
+                source=r["source"],
+                created_at=_utc(r["created_at"]),  # type: ignore[arg-type]
+                created_by=r["created_by"],
+                size=r["size"],
+                file_count=r["file_count"],
+                storage_location="",
+                deployment_state=r["deployment_state"],
+                files=None if files is None else tuple(files.get(r["id"], ())),
+            )
+            for r in rows
+        ]
+
+    def get_model(self, model_id: str, *, with_files: bool = False) -> Model | None:
+        with self._read() as conn:
+            rows = list(conn.execute(select(*self._MODEL_COLS).where(t.models.c.id == model_id)).mappings())
+            if not rows:
+                return None
+            files = {model_id: self._files(conn, model_id)} if with_files else None
+            return self._to_models(conn, rows, files)[0]
+
+    def list_models(self, query: ModelQuery) -> tuple[list[Model], int | None]:
+        m = t.models
+        stmt = select(*self._MODEL_COLS)
+        seq_col = m.c.seq
+        if query.tag is not None:
+            # Drive the scan from the (tag, seq) index, newest first.
+            stmt = stmt.join(t.model_tags, t.model_tags.c.model_id == m.c.id).where(
+                t.model_tags.c.tag == query.tag
+            )
+            seq_col = t.model_tags.c.seq
+        if query.project_ids is not None:
+            if len(query.project_ids) == 1:
+                stmt = stmt.where(m.c.project_id == query.project_ids[0])
+            else:
+                stmt = stmt.where(m.c.project_id.in_(query.project_ids))
+        if query.name is not None:
+            stmt = stmt.where(m.c.name == query.name)
+        if query.type is not None:
+            stmt = stmt.where(m.c.type == query.type)
+        if query.state is not None:
+            stmt = stmt.where(m.c.state == query.state)
+        if query.before_seq is not None:
+            stmt = stmt.where(seq_col < query.before_seq)
+        stmt = stmt.order_by(seq_col.desc()).limit(query.limit + 1)
+        with self._read() as conn:
+            rows = list(conn.execute(stmt).mappings())
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+            cursor = rows[-1]["seq"] if more and rows else None
+            return self._to_models(conn, rows), cursor
+
+    def update_model(self, model_id: str, **fields: Any) -> None:
+        with self._tx() as conn:
+            conn.execute(update(t.models).where(t.models.c.id == model_id).values(**fields))
+
+    def set_model_tags(self, model_id: str, tags: Iterable[str]) -> None:
+        with self._tx() as conn:
+            seq = conn.scalar(select(t.models.c.seq).where(t.models.c.id == model_id))
+            conn.execute(delete(t.model_tags).where(t.model_tags.c.model_id == model_id))
+            wanted = sorted(set(tags))
+            if wanted and seq is not None:
+                conn.execute(
+                    insert(t.model_tags), [{"model_id": model_id, "tag": tag, "seq": seq} for tag in wanted]
+                )
+
+    def delete_model(self, model_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(delete(t.aliases).where(t.aliases.c.model_id == model_id))
+            conn.execute(delete(t.model_tags).where(t.model_tags.c.model_id == model_id))
+            conn.execute(delete(t.model_files).where(t.model_files.c.model_id == model_id))
+            conn.execute(delete(t.models).where(t.models.c.id == model_id))
+
+    def _files(self, conn: Connection, model_id: str) -> list[ModelFile]:
+        return [
+            ModelFile(path=r.path, size=r.size, sha256=r.sha256)
+            for r in conn.execute(
+                select(t.model_files.c.path, t.model_files.c.size, t.model_files.c.sha256)
+                .where(t.model_files.c.model_id == model_id)
+                .order_by(t.model_files.c.path)
+            )
+        ]
+
+    def model_files(self, model_id: str) -> list[ModelFile]:
+        with self._read() as conn:
+            return self._files(conn, model_id)
+
+    def get_model_file(self, model_id: str, path: str) -> ModelFile | None:
+        with self._read() as conn:
+            r = conn.execute(
+                select(t.model_files.c.path, t.model_files.c.size, t.model_files.c.sha256).where(
+                    t.model_files.c.model_id == model_id, t.model_files.c.path == path
+                )
+            ).first()
+        return None if r is None else ModelFile(path=r.path, size=r.size, sha256=r.sha256)
+
+    def expired_uploads(self, now: datetime) -> list[str]:
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(t.models.c.id).where(t.models.c.state == "uploading", t.models.c.expires_at < now)
+                )
+            )
+
+    # -- aliases -----------------------------------------------------------------------------------
+
+    def set_alias(self, alias: Alias) -> None:
+        key = (
+            t.aliases.c.project_id == alias.project_id,
+            t.aliases.c.model_name == alias.model_name,
+            t.aliases.c.alias == alias.alias,
+        )
+        values = {
+            "project_id": alias.project_id,
+            "model_name": alias.model_name,
+            "alias": alias.alias,
+            "model_id": alias.model_id,
+            "updated_at": alias.updated_at,
+            "updated_by": alias.updated_by,
+        }
+        with self._tx() as conn:
+            if conn.execute(select(t.aliases.c.alias).where(*key)).first() is None:
+                conn.execute(insert(t.aliases).values(**values))
+            else:
+                conn.execute(update(t.aliases).where(*key).values(**values))
+            conn.execute(
+                insert(t.alias_history).values(
+                    project_id=alias.project_id,
+                    model_name=alias.model_name,
+                    alias=alias.alias,
+                    model_id=alias.model_id,
+                    at=alias.updated_at,
+                    by=alias.updated_by,
+                )
+            )
+
+    @staticmethod
+    def _alias(r: Any) -> Alias:
+        return Alias(
+            project_id=r.project_id,
+            model_name=r.model_name,
+            alias=r.alias,
+            model_id=r.model_id,
+            updated_at=_utc(r.updated_at),  # type: ignore[arg-type]
+            updated_by=r.updated_by,
+        )
+
+    def get_alias(self, project_id: str, model_name: str, alias: str) -> Alias | None:
+        with self._read() as conn:
+            r = conn.execute(
+                select(t.aliases).where(
+                    t.aliases.c.project_id == project_id,
+                    t.aliases.c.model_name == model_name,
+                    t.aliases.c.alias == alias,
+                )
+            ).first()
+        return None if r is None else self._alias(r)
+
+    def list_aliases(self, project_id: str) -> list[Alias]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.aliases)
+                .where(t.aliases.c.project_id == project_id)
+                .order_by(t.aliases.c.model_name, t.aliases.c.alias)
+            )
+            return [self._alias(r) for r in rows]
+
+    def delete_alias(self, project_id: str, model_name: str, alias: str, by: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                delete(t.aliases).where(
+                    t.aliases.c.project_id == project_id,
+                    t.aliases.c.model_name == model_name,
+                    t.aliases.c.alias == alias,
+                )
+            )
+            conn.execute(
+                insert(t.alias_history).values(
+                    project_id=project_id,
+                    model_name=model_name,
+                    alias=alias,
+                    model_id=None,
+                    at=datetime.now(UTC),
+                    by=by,
+                )
+            )
+
+    # -- API keys ----------------------------------------------------------------------------------
+
+    def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                insert(t.api_keys).values(
+                    id=key.id,
+                    secret_hash=secret_hash,
+                    name=key.name,
+                    user=key.user,
+                    is_admin=key.is_admin,
+                    created_at=key.created_at,
+                )
+            )
+            for project_id, role in key.roles.items():
+                conn.execute(insert(t.key_roles).values(key_id=key.id, project_id=project_id, role=role))
+
+    def _keys(self, conn: Connection, where: Any) -> list[tuple[ApiKey, str]]:
+        rows = list(conn.execute(select(t.api_keys).where(where).order_by(t.api_keys.c.created_at)))
+        roles: dict[str, dict[str, str]] = defaultdict(dict)
+        if rows:
+            for kid, pid, role in conn.execute(
+                select(t.key_roles.c.key_id, t.key_roles.c.project_id, t.key_roles.c.role).where(
+                    t.key_roles.c.key_id.in_([r.id for r in rows])
+                )
+            ):
+                roles[kid][pid] = role
+        return [
+            (
+                ApiKey(
+                    id=r.id,
+                    name=r.name,
+                    user=r.user,
+                    is_admin=r.is_admin,
+                    roles=roles[r.id],
+                    created_at=_utc(r.created_at),  # type: ignore[arg-type]
+                    revoked=r.revoked_at is not None,
+                ),
+                r.secret_hash,
+            )
+            for r in rows
+        ]
+
+    def get_key(self, key_id: str) -> StoredKey | None:
+        with self._read() as conn:
+            found = self._keys(conn, t.api_keys.c.id == key_id)
+        return StoredKey(key=found[0][0], secret_hash=found[0][1]) if found else None
+
+    def find_key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        with self._read() as conn:
+            found = self._keys(conn, t.api_keys.c.secret_hash == secret_hash)
+        return found[0][0] if found else None
+
+    def rename_model(self, model_id: str, new_name: str) -> None:
+        for attempt in range(20):
+            try:
+                with self._tx() as conn:
+                    project_id = conn.scalar(select(t.models.c.project_id).where(t.models.c.id == model_id))
+                    version = 1 + int(
+                        conn.scalar(
+                            select(func.coalesce(func.max(t.models.c.version), 0)).where(
+                                t.models.c.project_id == project_id, t.models.c.name == new_name
+                            )
+                        )
+                        or 0
+                    )
+                    conn.execute(
+                        update(t.models)
+                        .where(t.models.c.id == model_id)
+                        .values(name=new_name, version=version)
+                    )
+                return
+            except sa_exc.IntegrityError:
+                if attempt == 19:
+                    raise
+
+    def list_keys(self, project_id: str | None) -> list[ApiKey]:
+        where: Any = True
+        if project_id is not None:
+            where = t.api_keys.c.id.in_(
+                select(t.key_roles.c.key_id).where(t.key_roles.c.project_id == project_id)
+            )
+        with self._read() as conn:
+            return [k for k, _ in self._keys(conn, where)]
+
+    def revoke_key(self, key_id: str, at: datetime) -> None:
+        with self._tx() as conn:
+            conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id).values(revoked_at=at))
+
+    def count_keys(self) -> int:
+        with self._read() as conn:
+            return int(conn.scalar(select(func.count()).select_from(t.api_keys)) or 0)
+
+    def grant_role(self, key_id: str, project_id: str, role: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                delete(t.key_roles).where(
+                    t.key_roles.c.key_id == key_id, t.key_roles.c.project_id == project_id
+                )
+            )
+            conn.execute(insert(t.key_roles).values(key_id=key_id, project_id=project_id, role=role))
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _replace_tags(conn: Connection, table: Any, fk: str, owner: str, tags: Iterable[str]) -> None:
+        conn.execute(delete(table).where(table.c[fk] == owner))
+        wanted = sorted(set(tags))
+        if wanted:
+            conn.execute(insert(table), [{fk: owner, "tag": tag} for tag in wanted])

@@ -1,0 +1,147 @@
+"""Table definitions. Changing them means adding an Alembic migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# BigInteger primary keys autoincrement on PostgreSQL; SQLite wants INTEGER for its rowid alias.
+Seq = BigInteger().with_variant(Integer(), "sqlite")
+TS = DateTime(timezone=True)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("repo_name", String(200)),
+    Column("repo_url", String(2000)),
+)
+
+project_tags = Table(
+    "project_tags",
+    metadata,
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(100), primary_key=True),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(16), nullable=False, unique=True),
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", String(20), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("summary", JSON, nullable=False),
+    Column("notes", Text, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("dataset_ref", String(500)),
+    Column("source", String(20), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("file_count", Integer, nullable=False),
+    Column("expires_at", TS),
+    Column("deployment_state", String(40)),
+    UniqueConstraint("project_id", "name", "version"),
+    # Keyset pagination (newest first) within each filter the list offers.
+    Index(None, "project_id", "state", "seq"),
+    Index(None, "project_id", "name", "seq"),
+    Index(None, "name", "seq"),
+    Index(None, "state", "seq"),
+    Index(None, "type", "seq"),
+    Index(None, "expires_at"),
+)
+
+model_tags = Table(
+    "model_tags",
+    metadata,
+    Column("model_id", String(16), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(100), primary_key=True),
+    # A copy of models.seq, so that "models with tag T, newest first" is one index range scan.
+    Column("seq", Seq, nullable=False),
+    Index(None, "tag", "seq"),
+)
+
+model_files = Table(
+    "model_files",
+    metadata,
+    Column("model_id", String(16), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Index(None, "sha256"),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_name", String(200), primary_key=True),
+    Column("alias", String(100), primary_key=True),
+    Column("model_id", String(16), ForeignKey("models.id", ondelete="CASCADE"), nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("updated_by", String(200), nullable=False),
+)
+
+alias_history = Table(
+    "alias_history",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("model_name", String(200), nullable=False),
+    Column("alias", String(100), nullable=False),
+    Column("model_id", String(16)),  # NULL when the alias was deleted
+    Column("at", TS, nullable=False),
+    Column("by", String(200), nullable=False),
+    Index(None, "project_id", "model_name", "alias"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("user", String(200), nullable=False),
+    Column("is_admin", Boolean, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS),
+    Index(None, "secret_hash", unique=True),
+)
+
+key_roles = Table(
+    "key_roles",
+    metadata,
+    Column("key_id", String(16), ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True),
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(10), nullable=False),
+    Index(None, "project_id"),
+)

@@ -1,0 +1,84 @@
+"""The composition root: builds stores, services and routes from one Settings object."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from .._version import __version__
+from ..blobs import open_blob_store
+from ..config import Settings
+from ..metadata import SqlMetadataStore
+from ..services.container import Services
+from ..services.models import Limits
+from . import problems
+from .api import aliases, keys, meta, models, projects
+from .limits import BodyLimit
+
+log = logging.getLogger("modeldepot.server")
+
+CLEANUP_INTERVAL_SECONDS = 60.0
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A ready-to-serve ASGI app. Migrates the database; creates no key (see ``Services.auth.bootstrap``)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlMetadataStore(settings.resolved_database_url())
+    store.migrate()
+    blobs = open_blob_store(settings.resolved_blob_url())
+    services = Services.build(
+        store,
+        blobs,
+        Limits(
+            upload_expiry=timedelta(seconds=settings.upload_expiry_seconds),
+            max_summary_bytes=settings.max_summary_bytes,
+            max_metadata_bytes=settings.max_metadata_bytes,
+            max_files=settings.max_files_per_model,
+        ),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_cleanup_loop(services))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            store.close()
+
+    app = FastAPI(
+        title="modeldepot",
+        version=__version__,
+        description="A self-hosted model repository. Every call needs an API key (X-API-Key or Bearer).",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.services = services
+    app.state.store = store
+    problems.install(app)
+    for module in (meta, projects, models, aliases, keys):
+        app.include_router(module.router, prefix="/api/v1")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+    return app
+
+
+async def _cleanup_loop(services: Services) -> None:
+    while True:
+        try:
+            removed = await run_in_threadpool(services.models.abort_expired)
+            if removed:
+                log.info("removed %d abandoned upload(s)", removed)
+        except Exception:
+            log.exception("cleanup of abandoned uploads failed")
+        await asyncio.sleep(CLEANUP_INTERVAL_SECONDS)

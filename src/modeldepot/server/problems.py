@@ -1,0 +1,69 @@
+"""Errors to ``application/problem+json``, mapped once for every route."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import InvalidInput, ModeldepotError, NotFound, ServerError
+
+log = logging.getLogger("modeldepot.server")
+
+PROBLEM = "application/problem+json"
+
+
+def problem_response(error: ModeldepotError) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if error.status == 401 else None
+    return JSONResponse(error.to_problem(), status_code=error.status, media_type=PROBLEM, headers=headers)
+
+
+def _describe(errors: list[Any]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ModeldepotError)
+    async def _domain(_request: Request, exc: ModeldepotError) -> JSONResponse:
+        return problem_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return problem_response(
+                InvalidInput("The request body is not valid JSON", hint="Send a JSON object.")
+            )
+        return problem_response(
+            InvalidInput(
+                f"Invalid request: {_describe(errors)}",
+                hint="See /docs for the fields each operation takes.",
+            )
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return problem_response(
+                NotFound("No such API route", hint="The API lives under /api/v1; see /docs.")
+            )
+        error = ModeldepotError(str(exc.detail))
+        body = error.to_problem() | {
+            "status": exc.status_code,
+            "title": str(exc.detail),
+            "code": "http_error",
+        }
+        return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return problem_response(ServerError("The server hit an unexpected error; it has been logged"))

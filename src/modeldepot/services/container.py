@@ -1,0 +1,29 @@
+"""All services of one server, wired to one metadata store and one blob store."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .aliases import AliasService
+from .auth import AuthService
+from .models import Limits, ModelService
+from .ports import BlobStore, MetadataStore
+from .projects import ProjectService
+
+
+@dataclasses.dataclass
+class Services:
+    auth: AuthService
+    projects: ProjectService
+    models: ModelService
+    aliases: AliasService
+
+    @classmethod
+    def build(cls, store: MetadataStore, blobs: BlobStore, limits: Limits | None = None) -> Services:
+        models = ModelService(store, blobs, limits)
+        return cls(
+            auth=AuthService(store),
+            projects=ProjectService(store),
+            models=models,
+            aliases=AliasService(store, models),
+        )

@@ -1,0 +1,24 @@
+"""Ids in Gradient's style: a two-letter prefix and lowercase base-36 characters."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+_ALPHABET = string.digits + string.ascii_lowercase
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def project_id() -> str:
+    return "pr" + _random(7)
+
+
+def model_id() -> str:
+    return "mo" + _random(12)
+
+
+def key_id() -> str:
+    return "ak" + _random(10)

@@ -1,0 +1,324 @@
+"""Models: immutable sets of files plus the metadata a team needs to find, judge and use them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..errors import Conflict, IntegrityError, InvalidInput, NotFound
+from ..paths import normalize_path
+from ..records import MODEL_STATES, Model, ModelFile, Page
+from . import ids, validation
+from .auth import Principal
+from .ports import BlobStore, BlobWriter, MetadataStore, ModelQuery, NewModel
+
+log = logging.getLogger(__name__)
+
+GRADIENT_METADATA_FILE = "gradient-model-metadata.json"
+_MAX_METADATA_FILE = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    upload_expiry: timedelta = timedelta(hours=24)
+    max_summary_bytes: int = 64 * 1024
+    max_metadata_bytes: int = 1024 * 1024
+    max_files: int = 200_000
+    max_notes: int = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadPlan:
+    """The answer to starting an upload: the model (``uploading``) and the blobs still to send."""
+
+    model: Model
+    missing: tuple[ModelFile, ...]
+
+
+def detect_type(paths: Iterable[str]) -> str:
+    """``.onnx`` → ONNX; ``saved_model.pb``, ``.h5``, ``.keras`` → Tensorflow; else Custom."""
+    names = [p.rsplit("/", 1)[-1].lower() for p in paths]
+    if any(n.endswith(".onnx") for n in names):
+        return "ONNX"
+    if any(n == "saved_model.pb" or n.endswith((".h5", ".keras")) for n in names):
+        return "Tensorflow"
+    return "Custom"
+
+
+def check_manifest(files: Any, max_files: int) -> tuple[ModelFile, ...]:
+    if not isinstance(files, list | tuple) or not files:
+        raise InvalidInput(
+            "A model needs at least one file", hint="Upload a file or a directory that is not empty."
+        )
+    if len(files) > max_files:
+        raise InvalidInput(f"{len(files)} files given; a model may hold at most {max_files}")
+    out: dict[str, ModelFile] = {}
+    for entry in files:
+        path: Any
+        size: Any
+        digest: Any
+        if isinstance(entry, ModelFile):
+            path, size, digest = entry.path, entry.size, entry.sha256
+        elif isinstance(entry, dict):
+            path, size, digest = entry.get("path"), entry.get("size"), entry.get("sha256")
+        else:
+            raise InvalidInput(f"Manifest entry {entry!r} is not an object with path, size and sha256")
+        path = normalize_path(path)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"Size of {path!r} must be a non-negative integer, not {size!r}")
+        if path in out:
+            raise InvalidInput(f"File path {path!r} appears twice in the manifest")
+        out[path] = ModelFile(path=path, size=size, sha256=validation.sha256(digest))
+    dirs = {p.rsplit("/", 1)[0] for p in out if "/" in p}
+    prefixes = {d for p in dirs for d in _parents(p)}
+    clash = sorted(set(out) & prefixes)
+    if clash:
+        raise InvalidInput(f"{clash[0]!r} is both a file and a directory in the manifest")
+    return tuple(sorted(out.values(), key=lambda f: f.path))
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def encode_cursor(seq: int | None) -> str | None:
+    return None if seq is None else format(seq, "x")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        return int(cursor, 16)
+    except ValueError:
+        raise InvalidInput(
+            f"Cursor {cursor!r} is not valid", hint="Pass the next_cursor of a previous page."
+        ) from None
+
+
+class ModelService:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, limits: Limits | None = None):
+        self.store = store
+        self.blobs = blobs
+        self.limits = limits or Limits()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _with_location(self, model: Model) -> Model:
+        return dataclasses.replace(model, storage_location=self.blobs.location())
+
+    def _visible(self, principal: Principal, model_id: str, *, with_files: bool = False) -> Model:
+        model = self.store.get_model(model_id, with_files=with_files) if isinstance(model_id, str) else None
+        if model is None or not principal.can_see(model.project_id):
+            raise NotFound(
+                f"Model {model_id} not found", hint="`modeldepot models list` shows the models you can see."
+            )
+        return self._with_location(model)
+
+    def get(self, principal: Principal, model_id: str, *, with_files: bool = True) -> Model:
+        return self._visible(principal, model_id, with_files=with_files)
+
+    def list_models(
+        self,
+        principal: Principal,
+        *,
+        project_id: str | None = None,
+        tag: str | None = None,
+        name: str | None = None,
+        type: str | None = None,
+        state: str | None = "ready",
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[Model]:
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"limit must be between 1 and 1000, not {limit}")
+        if state is not None and state not in MODEL_STATES:
+            raise InvalidInput(
+                f"State {state!r} is not known", hint=f"Use one of: {', '.join(MODEL_STATES)}."
+            )
+        project_ids = principal.visible_projects()
+        if project_id is not None:
+            principal.require(project_id, "viewer")
+            project_ids = (project_id,)
+        if project_ids == ():
+            return Page(items=(), next_cursor=None)
+        query = ModelQuery(
+            project_ids=project_ids,
+            tag=tag,
+            name=name,
+            type=validation.model_type(type) if type is not None else None,
+            state=state,
+            before_seq=decode_cursor(cursor),
+            limit=limit,
+        )
+        models, next_seq = self.store.list_models(query)
+        return Page(items=tuple(self._with_location(m) for m in models), next_cursor=encode_cursor(next_seq))
+
+    def files(self, principal: Principal, model_id: str) -> list[ModelFile]:
+        model = self._visible(principal, model_id)
+        return self.store.model_files(model.id)
+
+    def file(self, principal: Principal, model_id: str, path: str) -> ModelFile:
+        model = self._visible(principal, model_id)
+        if model.state != "ready":
+            raise Conflict(f"Model {model_id} is {model.state}; its files can be read once it is ready")
+        found = self.store.get_model_file(model.id, normalize_path(path))
+        if found is None:
+            raise NotFound(f"Model {model_id} has no file {path!r}")
+        return found
+
+    # -- uploading ---------------------------------------------------------------------------------
+
+    def start_upload(
+        self,
+        principal: Principal,
+        project_id: str,
+        *,
+        name: Any,
+        files: Any,
+        type: Any = None,
+        summary: Any = None,
+        notes: Any = None,
+        tags: Any = None,
+        metadata: Any = None,
+        dataset_ref: Any = None,
+        source: str = "upload",
+    ) -> UploadPlan:
+        """Create a model in state ``uploading`` from its manifest; say which blobs the server lacks."""
+        principal.require(project_id, "editor")
+        if self.store.get_project(project_id) is None:
+            raise NotFound(f"Project {project_id} not found")
+        manifest = check_manifest(files, self.limits.max_files)
+        now = datetime.now(UTC)
+        new = NewModel(
+            id=ids.model_id(),
+            project_id=project_id,
+            name=validation.name(name, "Model name"),
+            type=validation.model_type(type)
+            if type not in (None, "")
+            else detect_type(f.path for f in manifest),
+            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
+            notes=validation.text(notes, "Notes", self.limits.max_notes),
+            tags=validation.tags(tags),
+            metadata=validation.json_object(metadata, "Metadata", self.limits.max_metadata_bytes),
+            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
+            source=source,
+            created_at=now,
+            created_by=principal.user,
+            expires_at=now + self.limits.upload_expiry,
+            files=manifest,
+        )
+        missing: dict[str, ModelFile] = {}
+        for f in manifest:
+            have = self.blobs.size(f.sha256)
+            if have is None:
+                missing.setdefault(f.sha256, f)
+            elif have != f.size:
+                raise IntegrityError(
+                    f"{f.path!r} is declared as {f.size} bytes, but content with sha256 {f.sha256} has {have} bytes"
+                )
+        model = self.store.create_model(new)
+        return UploadPlan(model=self._with_location(model), missing=tuple(missing.values()))
+
+    def _uploading(self, principal: Principal, model_id: str) -> Model:
+        model = self._visible(principal, model_id)
+        principal.require(model.project_id, "editor")
+        if model.state != "uploading":
+            raise Conflict(f"Model {model_id} is {model.state}, not uploading; its files cannot change")
+        return model
+
+    def open_blob(self, principal: Principal, model_id: str, sha256: str) -> tuple[BlobWriter, int]:
+        """A writer for one blob of an uploading model, and the size it must have."""
+        model = self._uploading(principal, model_id)
+        digest = validation.sha256(sha256)
+        match = next((f for f in self.store.model_files(model.id) if f.sha256 == digest), None)
+        if match is None:
+            raise NotFound(f"Model {model_id} has no file with sha256 {digest} in its manifest")
+        return self.blobs.writer(), match.size
+
+    def commit(self, principal: Principal, model_id: str) -> Model:
+        """Check every blob is stored with the right size, then mark the model ready."""
+        model = self._uploading(principal, model_id)
+        files = self.store.model_files(model.id)
+        absent = [f for f in files if self.blobs.size(f.sha256) != f.size]
+        if absent:
+            raise Conflict(
+                f"{len(absent)} file(s) of model {model_id} have not been uploaded yet, e.g. {absent[0].path!r}",
+                hint="Upload the missing blobs, then commit again (re-running the upload does this).",
+                extra={"missing": [f.sha256 for f in absent[:1000]]},
+            )
+        metadata = dict(model.metadata)
+        top = next((f for f in files if f.path == GRADIENT_METADATA_FILE), None)
+        if top is not None and top.size <= _MAX_METADATA_FILE:
+            metadata = {**self._read_json(top.sha256), **metadata}
+        self.store.update_model(model.id, state="ready", expires_at=None, metadata=metadata)
+        return self.get(principal, model.id)
+
+    def _read_json(self, sha256: str) -> dict[str, Any]:
+        try:
+            value = json.loads(b"".join(self.blobs.read(sha256)))
+        except ValueError:
+            log.warning("ignoring %s: not valid JSON", GRADIENT_METADATA_FILE)
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def abort_expired(self) -> int:
+        """Remove uploads whose time ran out. Their blobs stay for the garbage collector."""
+        expired = self.store.expired_uploads(datetime.now(UTC))
+        for model_id in expired:
+            self.store.delete_model(model_id)
+        return len(expired)
+
+    # -- changing ----------------------------------------------------------------------------------
+
+    def update(self, principal: Principal, model_id: str, changes: dict[str, Any]) -> Model:
+        """Change metadata (files are immutable). Every field is checked before anything is written."""
+        model = self._visible(principal, model_id)
+        principal.require(model.project_id, "editor")
+        allowed = {"name", "notes", "summary", "metadata", "dataset_ref", "add_tags", "remove_tags", "tags"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise InvalidInput(
+                f"Cannot change {', '.join(unknown)}", hint=f"Changeable: {', '.join(sorted(allowed))}."
+            )
+        fields: dict[str, Any] = {}
+        if changes.get("notes") is not None:
+            fields["notes"] = validation.text(changes["notes"], "Notes", self.limits.max_notes)
+        if changes.get("summary") is not None:
+            fields["summary"] = validation.json_object(
+                changes["summary"], "Summary", self.limits.max_summary_bytes
+            )
+        if changes.get("metadata") is not None:
+            fields["metadata"] = validation.json_object(
+                changes["metadata"], "Metadata", self.limits.max_metadata_bytes
+            )
+        if changes.get("dataset_ref") is not None:
+            fields["dataset_ref"] = validation.text(changes["dataset_ref"], "Dataset reference", 500) or None
+        new_name = validation.name(changes["name"], "Model name") if changes.get("name") is not None else None
+        new_tags: tuple[str, ...] | None = None
+        if changes.get("tags") is not None:
+            new_tags = validation.tags(changes["tags"])
+        if changes.get("add_tags") or changes.get("remove_tags"):
+            add = validation.tags(changes.get("add_tags") or [])
+            remove = set(validation.tags(changes.get("remove_tags") or []))
+            new_tags = tuple(
+                sorted((set(new_tags if new_tags is not None else model.tags) | set(add)) - remove)
+            )
+            validation.tags(list(new_tags))
+        if fields:
+            self.store.update_model(model.id, **fields)
+        if new_name is not None and new_name != model.name:
+            self.store.rename_model(model.id, new_name)
+        if new_tags is not None:
+            self.store.set_model_tags(model.id, new_tags)
+        return self.get(principal, model.id)
+
+    def delete(self, principal: Principal, model_id: str) -> None:
+        model = self._visible(principal, model_id)
+        principal.require(model.project_id, "editor")
+        self.store.delete_model(model.id)
