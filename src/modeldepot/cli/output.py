@@ -22,7 +22,8 @@ from rich.table import Table
 
 from ..records import to_json
 
-console = Console()
+# Not on a terminal (pipes, CI logs) rich would wrap tables at 80 columns: give them room instead.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

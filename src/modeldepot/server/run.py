@@ -27,6 +27,7 @@ def bind(host: str, port: int) -> socket.socket:
 def run(overrides: dict[str, Any]) -> None:
     settings = Settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:

@@ -1,0 +1,167 @@
+"""The metadata store contract, run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from modeldepot.metadata import SqlMetadataStore
+from modeldepot.records import Alias, ApiKey, ModelFile, Project
+from modeldepot.services import ids
+from modeldepot.services.ports import ModelQuery, NewModel
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(database_url: str):
+    s = SqlMetadataStore(database_url)
+    s.migrate()
+    s.migrate()  # idempotent
+    yield s
+    s.close()
+
+
+def _project(store: SqlMetadataStore, name: str = "p") -> str:
+    pid = ids.project_id()
+    store.create_project(Project(id=pid, name=name, created_at=NOW, created_by="t", tags=("a",)))
+    return pid
+
+
+def _model(store: SqlMetadataStore, pid: str, name: str, tags: tuple[str, ...] = (), files: int = 1):
+    new = NewModel(
+        id=ids.model_id(),
+        project_id=pid,
+        name=name,
+        type="ONNX",
+        summary={"acc": 0.5},
+        notes="",
+        tags=tags,
+        metadata={},
+        dataset_ref=None,
+        source="upload",
+        created_at=NOW,
+        created_by="t",
+        expires_at=NOW + timedelta(hours=1),
+        files=tuple(ModelFile(path=f"f{i}.bin", size=i, sha256=f"{i:064x}") for i in range(files)),
+    )
+    model = store.create_model(new)
+    store.update_model(model.id, state="ready", expires_at=None)
+    return model
+
+
+def test_versions_count_up_per_name(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    other = _project(store)
+    versions = [_model(store, pid, "resnet").version for _ in range(3)]
+    assert versions == [1, 2, 3]
+    assert _model(store, pid, "bert").version == 1
+    assert _model(store, other, "resnet").version == 1
+
+
+def test_list_pages_cover_everything_once_newest_first(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    made = [_model(store, pid, f"m{i % 3}", tags=("even",) if i % 2 == 0 else ()).id for i in range(23)]
+    seen: list[str] = []
+    before = None
+    while True:
+        page, before = store.list_models(ModelQuery(project_ids=(pid,), before_seq=before, limit=5))
+        seen += [m.id for m in page]
+        if before is None:
+            break
+    assert seen == list(reversed(made))
+    tagged, _ = store.list_models(ModelQuery(project_ids=(pid,), tag="even", limit=100))
+    assert [m.id for m in tagged] == [mid for i, mid in reversed(list(enumerate(made))) if i % 2 == 0]
+    named, _ = store.list_models(ModelQuery(project_ids=None, name="m1", limit=100))
+    assert {m.name for m in named} == {"m1"} and len(named) == 8
+    assert store.list_models(ModelQuery(project_ids=(), limit=5))[0] == []
+
+
+def test_uploading_models_are_not_listed_as_ready(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    ready = _model(store, pid, "a")
+    pending = store.create_model(
+        dataclasses.replace(
+            NewModel(
+                id=ids.model_id(),
+                project_id=pid,
+                name="b",
+                type="Custom",
+                summary={},
+                notes="",
+                tags=(),
+                metadata={},
+                dataset_ref=None,
+                source="upload",
+                created_at=NOW,
+                created_by="t",
+                expires_at=NOW - timedelta(seconds=1),
+                files=(),
+            )
+        )
+    )
+    listed, _ = store.list_models(ModelQuery(project_ids=(pid,)))
+    assert [m.id for m in listed] == [ready.id]
+    assert store.expired_uploads(datetime.now(UTC)) == [pending.id]
+
+
+def test_tags_files_and_delete(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    m = _model(store, pid, "a", tags=("x", "y"), files=3)
+    store.set_model_tags(m.id, ["z", "x"])
+    got = store.get_model(m.id, with_files=True)
+    assert got is not None and got.tags == ("x", "z") and got.files is not None and len(got.files) == 3
+    assert got.created_at == NOW and got.summary == {"acc": 0.5}
+    store.delete_model(m.id)
+    assert store.get_model(m.id) is None
+    assert store.model_files(m.id) == []
+
+
+def test_delete_project_removes_everything_in_it(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    keep = _project(store)
+    m = _model(store, pid, "a", tags=("t",))
+    kept = _model(store, keep, "a", tags=("t",))
+    store.set_alias(Alias(pid, "a", "prod", m.id, NOW, "t"))
+    store.create_key(ApiKey("ak1", "", "u", False, {pid: "viewer"}, NOW), "h" * 64)
+    store.delete_project(pid)
+    assert store.get_project(pid) is None and store.get_model(m.id) is None
+    assert store.get_model(kept.id) is not None
+    key = store.get_key("ak1")
+    assert key is not None and key.key.roles == {}
+
+
+def test_aliases_move_and_keep_history(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    a, b = _model(store, pid, "r"), _model(store, pid, "r")
+    store.set_alias(Alias(pid, "r", "prod", a.id, NOW, "t"))
+    store.set_alias(Alias(pid, "r", "prod", b.id, NOW, "t"))
+    got = store.get_alias(pid, "r", "prod")
+    assert got is not None and got.model_id == b.id
+    assert [x.alias for x in store.list_aliases(pid)] == ["prod"]
+    store.delete_alias(pid, "r", "prod", "t")
+    assert store.get_alias(pid, "r", "prod") is None
+
+
+def test_rename_takes_next_version_of_new_name(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    _model(store, pid, "new")
+    m = _model(store, pid, "old")
+    store.rename_model(m.id, "new")
+    got = store.get_model(m.id)
+    assert got is not None and (got.name, got.version) == ("new", 2)
+
+
+def test_keys_by_hash(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    store.create_key(ApiKey("ak2", "n", "u", False, {pid: "editor"}, NOW), "a" * 64)
+    found = store.find_key_by_hash("a" * 64)
+    assert found is not None and found.roles == {pid: "editor"}
+    assert store.find_key_by_hash("b" * 64) is None
+    store.grant_role("ak2", pid, "admin")
+    store.revoke_key("ak2", NOW)
+    key = store.get_key("ak2")
+    assert key is not None and key.key.revoked and key.key.roles == {pid: "admin"}
+    assert [k.id for k in store.list_keys(pid)] == ["ak2"]
