@@ -49,7 +49,11 @@ def list_(project: str, as_json: bool) -> None:
 @click.argument("model_name")
 @click.argument("alias")
 @click.option("--project", required=True, help="Project id (pr…).")
-def delete(model_name: str, alias: str, project: str) -> None:
+@json_option
+def delete(model_name: str, alias: str, project: str, as_json: bool) -> None:
     """Delete an alias."""
     make_client().delete_alias(project, model_name, alias)
-    click.echo(f"Deleted alias {model_name}@{alias}")
+    if as_json:
+        emit_json({"deleted": f"{model_name}@{alias}"})
+    else:
+        click.echo(f"Deleted alias {model_name}@{alias}")

@@ -65,7 +65,8 @@ def list_(project: str | None, as_json: bool) -> None:
 
 @group.command("revoke")
 @click.argument("key_id")
-def revoke(key_id: str) -> None:
+@json_option
+def revoke(key_id: str, as_json: bool) -> None:
     """Revoke a key: it stops working at once."""
-    make_client().revoke_key(key_id)
-    click.echo(f"Revoked key {key_id}")
+    key = make_client().revoke_key(key_id)
+    emit_json(key) if as_json else click.echo(f"Revoked key {key_id}")

@@ -277,7 +277,8 @@ def tags_remove(model_id: str, tag: tuple[str, ...], as_json: bool) -> None:
 
 @group.command("delete")
 @click.argument("model_id")
-def delete(model_id: str) -> None:
-    """Delete a model."""
+@json_option
+def delete(model_id: str, as_json: bool) -> None:
+    """Delete a model. Its files are no longer listed; shared content stays for other models."""
     make_client().delete_model(model_id)
-    click.echo(f"Deleted model {model_id}")
+    emit_json({"deleted": model_id}) if as_json else click.echo(f"Deleted model {model_id}")

@@ -85,7 +85,8 @@ def rename(project_id: str, name: str, as_json: bool) -> None:
 @group.command("delete")
 @click.argument("project_id")
 @click.option("--force", is_flag=True, help="Also delete the models it still holds.")
-def delete(project_id: str, force: bool) -> None:
+@json_option
+def delete(project_id: str, force: bool, as_json: bool) -> None:
     """Delete a project (with --force, also when it still has models)."""
     make_client().delete_project(project_id, force=force)
-    click.echo(f"Deleted project {project_id}")
+    emit_json({"deleted": project_id}) if as_json else click.echo(f"Deleted project {project_id}")

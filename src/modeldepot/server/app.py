@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .._version import __version__
@@ -70,6 +71,11 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (meta, projects, models, aliases, keys):
         app.include_router(module.router, prefix="/api/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_at_the_usual_place() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     return app
 
 
