@@ -158,7 +158,7 @@ def test_keys_by_hash(store: SqlMetadataStore) -> None:
     pid = _project(store)
     store.create_key(ApiKey("ak2", "n", "u", False, {pid: "editor"}, NOW), "a" * 64)
     found = store.find_key_by_hash("a" * 64)
-    assert found is not None and found.roles == {pid: "editor"}
+    assert found is not None and found.key.roles == {pid: "editor"}
     assert store.find_key_by_hash("b" * 64) is None
     store.grant_role("ak2", pid, "admin")
     store.revoke_key("ak2", NOW)

@@ -155,10 +155,12 @@ def _short_summary(m: Model) -> str:
 @json_option
 def show(model_id: str, as_json: bool) -> None:
     """Show every field of a model and its files."""
-    m = make_client().get_model(model_id)
+    client = make_client()
+    m = client.get_model(model_id)
     if as_json:
         emit_json(m)
         return
+    versions = client.list_models(project=m.project_id, name=m.name, limit=10).items
     fields(
         [
             ("ID", m.id),
@@ -175,6 +177,10 @@ def show(model_id: str, as_json: bool) -> None:
             ("Created", f"{m.created_at:%Y-%m-%d %H:%M:%S} UTC by {m.created_by}"),
             ("Storage", m.storage_location),
             ("Size", f"{human_size(m.size)} in {m.file_count} file(s)"),
+            (
+                "Versions",
+                ", ".join(f"v{v.version} {v.id}" + (" (this)" if v.id == m.id else "") for v in versions),
+            ),
         ]
     )
     if m.files:

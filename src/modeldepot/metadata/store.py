@@ -515,10 +515,10 @@ class SqlMetadataStore:
             found = self._keys(conn, t.api_keys.c.id == key_id)
         return StoredKey(key=found[0][0], secret_hash=found[0][1]) if found else None
 
-    def find_key_by_hash(self, secret_hash: str) -> ApiKey | None:
+    def find_key_by_hash(self, secret_hash: str) -> StoredKey | None:
         with self._read() as conn:
             found = self._keys(conn, t.api_keys.c.secret_hash == secret_hash)
-        return found[0][0] if found else None
+        return StoredKey(key=found[0][0], secret_hash=found[0][1]) if found else None
 
     def rename_model(self, model_id: str, new_name: str) -> None:
         for attempt in range(20):
