@@ -152,3 +152,62 @@ def test_download_keeps_good_files_and_never_leaves_partials(
     admin.download(m.id, out)
     assert (out / "d" / "b.bin").read_bytes() == b"b" * 7000
     assert not list(out.rglob("*.part"))
+
+
+def test_knowing_a_digest_never_grants_another_projects_bytes(
+    server: RunningServer, admin: Client, project: str
+) -> None:
+    secret = b"secret weights of project A" * 100
+    digest = hashlib.sha256(secret).hexdigest()
+    with server.http() as http:
+        plan = http.post(
+            f"/projects/{project}/models",
+            json={"name": "a", "files": [{"path": "w", "size": len(secret), "sha256": digest}]},
+        ).json()
+        http.put(f"/models/{plan['model']['id']}/blobs/{digest}", content=secret).raise_for_status()
+        http.post(f"/models/{plan['model']['id']}/commit").raise_for_status()
+    other = admin.create_project("b").id
+    editor = admin.create_key(project=other, role="editor").secret
+    with server.http(editor) as http:
+        # Lying about the size reveals nothing either: the bytes must be sent all the same.
+        for size in (len(secret), 1):
+            plan = http.post(
+                f"/projects/{other}/models",
+                json={"name": "steal", "files": [{"path": "w", "size": size, "sha256": digest}]},
+            ).json()
+            assert [m["sha256"] for m in plan["missing"]] == [digest]
+            commit = http.post(f"/models/{plan['model']['id']}/commit")
+            assert commit.status_code == 409 and commit.json()["extra"]["missing"] == [digest]
+            assert http.get(f"/models/{plan['model']['id']}/files/w").status_code == 409
+            bad = http.put(f"/models/{plan['model']['id']}/blobs/{digest}", content=b"guess")
+            assert bad.status_code == 422
+
+
+def test_versions_are_never_reused(admin: Client, project: str, tmp_path: Path) -> None:
+    f = write_tree(tmp_path, {"m.bin": b"w"}) / "m.bin"
+    admin.upload(f, project=project, name="r")
+    v2 = admin.upload(f, project=project, name="r")
+    admin.delete_model(v2.id)
+    assert admin.upload(f, project=project, name="r").version == 3
+
+
+def test_chunked_json_over_the_limit_is_413(server: RunningServer, project: str) -> None:
+    limit = server.settings.max_json_bytes
+
+    def body():  # type: ignore[no-untyped-def]
+        yield b'{"name": "'
+        for _ in range(limit // 65536 + 2):
+            yield b"x" * 65536
+        yield b'", "files": []}'
+
+    with server.http() as http:
+        r = http.post(
+            f"/projects/{project}/models", content=body(), headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+        small = http.post(
+            "/projects",
+            content=iter([b'{"name": ', b'"chunked"}']),
+            headers={"Content-Type": "application/json"},
+        )
+        assert small.status_code == 201

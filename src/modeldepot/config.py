@@ -6,12 +6,14 @@ Every server setting is a field of :class:`Settings`, set by a ``modeldepot serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,12 +58,44 @@ class Settings(BaseSettings):
     max_summary_bytes: int = Field(64 * 1024, ge=256, description="Largest model summary, as JSON.")
     max_metadata_bytes: int = Field(1024 * 1024, ge=256, description="Largest model metadata, as JSON.")
     max_files_per_model: int = Field(200_000, ge=1, description="Most files one model may hold.")
+    signing_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Secret that signs presigned URLs. Default: a random one kept in signing.key in the "
+        "data directory. Give every replica the same one.",
+    )
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'modeldepot.db'}"
 
     def resolved_blob_url(self) -> str:
         return self.blob_url or (self.data_dir / "blobs").resolve().as_uri()
+
+    def resolved_signing_secret(self) -> bytes:
+        """``signing_secret``, or the one in ``DATA_DIR/signing.key`` (mode 0600), made on first use.
+
+        Kept in a file so that presigned URLs stay valid across restarts.
+        """
+        if self.signing_secret is not None:
+            return self.signing_secret.get_secret_value().encode()
+        path = self.data_dir / "signing.key"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Written whole to a private temp file, then linked into place: a second process starting at
+        # the same moment either wins the link or reads the winner's complete secret.
+        tmp = path.with_name(f"signing.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_hex(32).encode() + b"\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_bytes().strip()
 
 
 class ClientSettings(BaseSettings):

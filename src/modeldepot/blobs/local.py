@@ -27,7 +27,9 @@ class LocalBlobWriter:
         except OSError as exc:
             self.abort()
             if exc.errno == errno.ENOSPC:
-                raise StorageFull("The blob store's disk is full", hint="Free space or run gc.") from exc
+                raise StorageFull(
+                    "The blob store's disk is full", hint="Free space on the disk of the blob directory."
+                ) from exc
             raise
         self._hash.update(chunk)
         self.size += len(chunk)
@@ -53,6 +55,12 @@ class LocalBlobWriter:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def commit_computed(self) -> tuple[str, int]:
+        """Keep the bytes under the sha256 computed while they were written; return (sha256, size)."""
+        digest, size = self._hash.hexdigest(), self.size
+        self.commit(digest, size)
+        return digest, size
 
     def abort(self) -> None:
         if not self._file.closed:

@@ -13,9 +13,22 @@ import click
 @click.option(
     "--port", type=int, default=None, help="Port [MODELDEPOT_PORT, default 8750; 0 = any free port]."
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="[MODELDEPOT_DATA_DIR]")
-@click.option("--database-url", default=None, help="sqlite:///… or postgresql://… [MODELDEPOT_DATABASE_URL]")
-@click.option("--blob-url", default=None, help="file:///… [MODELDEPOT_BLOB_URL]")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the SQLite database and blobs live [MODELDEPOT_DATA_DIR, default ~/.local/share/modeldepot].",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="Metadata database: sqlite:///PATH or postgresql://USER@HOST/DB [MODELDEPOT_DATABASE_URL].",
+)
+@click.option(
+    "--blob-url",
+    default=None,
+    help="Where file bytes go: file:///PATH [MODELDEPOT_BLOB_URL, default DATA_DIR/blobs].",
+)
 def serve(**options: Any) -> None:
     """Run the modeldepot server.
 

@@ -169,7 +169,9 @@ class SqlMetadataStore:
             conn.execute(delete(t.alias_history).where(t.alias_history.c.project_id == project_id))
             conn.execute(delete(t.model_tags).where(t.model_tags.c.model_id.in_(model_ids)))
             conn.execute(delete(t.model_files).where(t.model_files.c.model_id.in_(model_ids)))
+            conn.execute(delete(t.pending_blobs).where(t.pending_blobs.c.model_id.in_(model_ids)))
             conn.execute(delete(t.models).where(t.models.c.project_id == project_id))
+            conn.execute(delete(t.model_names).where(t.model_names.c.project_id == project_id))
             conn.execute(delete(t.key_roles).where(t.key_roles.c.project_id == project_id))
             conn.execute(delete(t.project_tags).where(t.project_tags.c.project_id == project_id))
             conn.execute(delete(t.projects).where(t.projects.c.id == project_id))
@@ -180,19 +182,26 @@ class SqlMetadataStore:
 
     # -- models ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _next_version(conn: Connection, project_id: str, name: str) -> int:
+        """Take the next version number of a name; raises IntegrityError when racing another writer."""
+        n = t.model_names
+        key = (n.c.project_id == project_id, n.c.name == name)
+        last = conn.scalar(select(n.c.last_version).where(*key))
+        if last is None:
+            conn.execute(insert(n).values(project_id=project_id, name=name, last_version=1))
+            return 1
+        done = conn.execute(update(n).where(*key, n.c.last_version == last).values(last_version=last + 1))
+        if done.rowcount != 1:
+            raise sa_exc.IntegrityError("version race", None, Exception("version race"))
+        return int(last) + 1
+
     def create_model(self, new: NewModel) -> Model:
         size = sum(f.size for f in new.files)
-        for attempt in range(20):
+        for attempt in range(50):
             try:
                 with self._tx() as conn:
-                    version = 1 + int(
-                        conn.scalar(
-                            select(func.coalesce(func.max(t.models.c.version), 0)).where(
-                                t.models.c.project_id == new.project_id, t.models.c.name == new.name
-                            )
-                        )
-                        or 0
-                    )
+                    version = self._next_version(conn, new.project_id, new.name)
                     seq = conn.execute(
                         insert(t.models)
                         .values(
@@ -201,7 +210,7 @@ class SqlMetadataStore:
                             name=new.name,
                             version=version,
                             type=new.type or "Custom",
-                            state="uploading",
+                            state=new.state,
                             summary=new.summary,
                             notes=new.notes,
                             metadata=new.metadata,
@@ -228,14 +237,54 @@ class SqlMetadataStore:
                                 for f in new.files
                             ],
                         )
+                    if new.pending:
+                        conn.execute(
+                            insert(t.pending_blobs),
+                            [{"model_id": new.id, "sha256": sha} for sha in sorted(set(new.pending))],
+                        )
                 break
             except sa_exc.IntegrityError:
                 # Two uploads of the same name raced for the same version: take the next one.
-                if attempt == 19:
+                if attempt == 49:
                     raise
         model = self.get_model(new.id, with_files=False)
         assert model is not None
         return model
+
+    def visible_blobs(self, project_ids: tuple[str, ...] | None, shas: Iterable[str]) -> set[str]:
+        """The digests among ``shas`` that ready models in these projects (None: any) already hold."""
+        wanted = sorted(set(shas))
+        found: set[str] = set()
+        with self._read() as conn:
+            for i in range(0, len(wanted), 500):
+                stmt = (
+                    select(t.model_files.c.sha256)
+                    .join(t.models, t.models.c.id == t.model_files.c.model_id)
+                    .where(t.model_files.c.sha256.in_(wanted[i : i + 500]), t.models.c.state == "ready")
+                    .distinct()
+                )
+                if project_ids is not None:
+                    stmt = stmt.where(t.models.c.project_id.in_(project_ids))
+                found.update(conn.scalars(stmt))
+        return found
+
+    def pending_blobs(self, model_id: str) -> list[str]:
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(t.pending_blobs.c.sha256)
+                    .where(t.pending_blobs.c.model_id == model_id)
+                    .order_by(t.pending_blobs.c.sha256)
+                )
+            )
+
+    def mark_received(self, model_id: str, sha256: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                delete(t.pending_blobs).where(
+                    t.pending_blobs.c.model_id == model_id, t.pending_blobs.c.sha256 == sha256
+                )
+            )
 
     _MODEL_COLS = (
         t.models.c.seq,
@@ -351,6 +400,7 @@ class SqlMetadataStore:
             conn.execute(delete(t.aliases).where(t.aliases.c.model_id == model_id))
             conn.execute(delete(t.model_tags).where(t.model_tags.c.model_id == model_id))
             conn.execute(delete(t.model_files).where(t.model_files.c.model_id == model_id))
+            conn.execute(delete(t.pending_blobs).where(t.pending_blobs.c.model_id == model_id))
             conn.execute(delete(t.models).where(t.models.c.id == model_id))
 
     def _files(self, conn: Connection, model_id: str) -> list[ModelFile]:
@@ -521,18 +571,11 @@ class SqlMetadataStore:
         return StoredKey(key=found[0][0], secret_hash=found[0][1]) if found else None
 
     def rename_model(self, model_id: str, new_name: str) -> None:
-        for attempt in range(20):
+        for attempt in range(50):
             try:
                 with self._tx() as conn:
                     project_id = conn.scalar(select(t.models.c.project_id).where(t.models.c.id == model_id))
-                    version = 1 + int(
-                        conn.scalar(
-                            select(func.coalesce(func.max(t.models.c.version), 0)).where(
-                                t.models.c.project_id == project_id, t.models.c.name == new_name
-                            )
-                        )
-                        or 0
-                    )
+                    version = self._next_version(conn, str(project_id), new_name)
                     conn.execute(
                         update(t.models)
                         .where(t.models.c.id == model_id)
@@ -540,7 +583,7 @@ class SqlMetadataStore:
                     )
                 return
             except sa_exc.IntegrityError:
-                if attempt == 19:
+                if attempt == 49:
                     raise
 
     def list_keys(self, project_id: str | None) -> list[ApiKey]:
@@ -568,6 +611,32 @@ class SqlMetadataStore:
                 )
             )
             conn.execute(insert(t.key_roles).values(key_id=key_id, project_id=project_id, role=role))
+
+    # -- files of a model created without them (the Gradient upload) ------------------------------
+
+    def attach_files(self, model_id: str, files: Sequence[ModelFile]) -> bool:
+        """Give an uploading model that has no files yet these files, atomically and only once.
+
+        Returns False (and changes nothing) when the model is gone, no longer uploading, or already
+        has files: of two requests racing to attach, exactly one wins.
+        """
+        with self._tx() as conn:
+            claimed = conn.execute(
+                update(t.models)
+                .where(t.models.c.id == model_id, t.models.c.state == "uploading", t.models.c.file_count == 0)
+                .values(size=sum(f.size for f in files), file_count=len(files))
+            )
+            if claimed.rowcount != 1:
+                return False
+            if files:
+                conn.execute(
+                    insert(t.model_files),
+                    [
+                        {"model_id": model_id, "path": f.path, "size": f.size, "sha256": f.sha256}
+                        for f in files
+                    ],
+                )
+        return True
 
     # -- helpers -----------------------------------------------------------------------------------
 

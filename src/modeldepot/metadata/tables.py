@@ -80,6 +80,25 @@ models = Table(
     Index(None, "expires_at"),
 )
 
+# The last version handed out per (project, name): versions are never reused, even after a delete.
+model_names = Table(
+    "model_names",
+    metadata,
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("last_version", Integer, nullable=False),
+)
+
+# Blobs an uploading model still has to receive. Content the server already holds counts as
+# received only when the uploader can already read it elsewhere, so knowing a sha256 is never
+# enough to claim someone else's bytes.
+pending_blobs = Table(
+    "pending_blobs",
+    metadata,
+    Column("model_id", String(16), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+)
+
 model_tags = Table(
     "model_tags",
     metadata,

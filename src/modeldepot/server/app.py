@@ -18,8 +18,10 @@ from ..config import Settings
 from ..metadata import SqlMetadataStore
 from ..services.container import Services
 from ..services.models import Limits
+from ..services.signing import UrlSigner
 from . import problems
 from .api import aliases, keys, meta, models, projects
+from .gradient import router as gradient_router
 from .limits import BodyLimit
 
 log = logging.getLogger("modeldepot.server")
@@ -70,6 +72,9 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     for module in (meta, projects, models, aliases, keys):
         app.include_router(module.router, prefix="/api/v1")
+    # The Gradient CLI's routes live at the root: PAPERSPACE_CONFIG_HOST=http://HOST:PORT.
+    app.state.url_signer = UrlSigner(settings.resolved_signing_secret())
+    app.include_router(gradient_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
 
     @app.get("/openapi.json", include_in_schema=False)

@@ -25,7 +25,8 @@ def problem_response(error: ModeldepotError) -> JSONResponse:
 def _describe(errors: list[Any]) -> str:
     parts = []
     for err in errors[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        where = [str(p) for p in err.get("loc", ())]
+        loc = ".".join(where[1:]) or "".join(where)  # where[0] is body, query, path or header
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "; ".join(parts)
 
@@ -55,10 +56,20 @@ def install(app: FastAPI) -> None:
             return problem_response(
                 NotFound("No such API route", hint="The API lives under /api/v1; see /docs.")
             )
-        error = ModeldepotError(str(exc.detail))
-        body = error.to_problem() | {
-            "status": exc.status_code,
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI's answer when a body is JSON in syntax but json.loads still fails: not UTF-8,
+            # nested too deeply, a number with too many digits.
+            return problem_response(
+                InvalidInput(
+                    f"The request body cannot be read as JSON: {exc.__cause__}",
+                    hint="Send a JSON object in UTF-8.",
+                )
+            )
+        body = {
+            "type": "urn:modeldepot:error:http_error",
             "title": str(exc.detail),
+            "status": exc.status_code,
+            "detail": str(exc.detail),
             "code": "http_error",
         }
         return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM)

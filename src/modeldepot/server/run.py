@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import uvicorn
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from .app import create_app
@@ -16,7 +18,9 @@ from .app import create_app
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on such sockets; without it every keep-alive
+    # request waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -24,17 +28,48 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _fail(message: str, hint: str) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Hint: {hint}", err=True)
+    sys.exit(1)
+
+
 def run(overrides: dict[str, Any]) -> None:
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "?"
+        _fail(
+            f"setting {name} is invalid: {first['msg']}",
+            f"Check the --{name.replace('_', '-')} option or MODELDEPOT_{name.upper()}.",
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:
-        click.echo(f"Error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", err=True)
-        click.echo("Hint: pick another port with --port (or MODELDEPOT_PORT).", err=True)
-        sys.exit(1)
-    app = create_app(settings)
+        _fail(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            "Pick another port with --port (or MODELDEPOT_PORT).",
+        )
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # e.g. an unsupported --blob-url
+        sock.close()
+        _fail(str(exc), "See `modeldepot serve --help` and docs/reference/settings.md.")
+    except ModuleNotFoundError as exc:
+        sock.close()
+        _fail(
+            f"the database driver {exc.name!r} is not installed",
+            'Install it: pip install "modeldepot[postgres]".',
+        )
+    except SQLAlchemyError as exc:
+        sock.close()
+        _fail(
+            f"cannot open the database {_redact(settings.resolved_database_url())}: {exc.__class__.__name__}",
+            "Check --database-url (MODELDEPOT_DATABASE_URL) and that the database server is running.",
+        )
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     url = settings.public_url or f"http://{shown_host}:{port}"

@@ -21,7 +21,7 @@ class AliasService:
 
     @staticmethod
     def _check(alias: str) -> str:
-        if not isinstance(alias, str) or not _ALIAS.match(alias):
+        if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
             raise InvalidInput(
                 f"Alias {alias!r} is not allowed",
                 hint="Use letters, digits, '.', '_' and '-', e.g. 'production'.",
@@ -59,6 +59,8 @@ class AliasService:
 
     def list_aliases(self, principal: Principal, project_id: str) -> list[Alias]:
         principal.require(project_id, "viewer")
+        if self.store.get_project(project_id) is None:
+            raise NotFound(f"Project {project_id} not found")
         return self.store.list_aliases(project_id)
 
     def delete(self, principal: Principal, project_id: str, model_name: str, alias: str) -> None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from ..errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from ..records import ROLES, ApiKey, NewApiKey
-from . import ids
+from . import ids, validation
 from .ports import MetadataStore
 
 _RANK = {role: i for i, role in enumerate(ROLES)}
@@ -42,6 +42,8 @@ class Principal:
 
         A key with no role at all gets :class:`NotFound`, so that ids of other projects leak nothing.
         """
+        if not isinstance(project_id, str) or "\x00" in project_id:  # no id holds a NUL
+            raise NotFound(what or f"Project {project_id!r} not found")
         if self.is_admin:
             return
         held = self.roles.get(project_id)
@@ -116,6 +118,8 @@ class AuthService:
         name: str = "",
         user: str | None = None,
     ) -> NewApiKey:
+        name = validation.text(name, "Key name", 200)
+        user = validation.name(user, "User name") if user is not None else None
         if admin:
             principal.require_admin()
             return self._new(name=name, user=user or principal.user, is_admin=True, roles={}, secret=None)
@@ -153,3 +157,14 @@ class AuthService:
                 principal.require(project_id, "admin", what=f"API key {key_id} not found")
         self.store.revoke_key(key_id, datetime.now(UTC))
         return dataclasses.replace(key, revoked=True)
+
+    def principal_for_key(self, key_id: str) -> Principal:
+        """Who signed a presigned URL, as that key stands now: a revoked or deleted key no longer counts."""
+        stored = self.store.get_key(key_id) if isinstance(key_id, str) else None
+        if stored is None or stored.key.revoked:
+            raise Unauthenticated(
+                "The API key that signed this URL is no longer valid",
+                hint="Ask for a new URL with a valid key.",
+            )
+        key = stored.key
+        return Principal(key_id=key.id, user=key.user, is_admin=key.is_admin, roles=dict(key.roles))

@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
-from ..errors import Conflict, IntegrityError, InvalidInput, NotFound
+from ..errors import Conflict, IntegrityError, InvalidInput, NotFound, PayloadTooLarge
 from ..paths import normalize_path
 from ..records import MODEL_STATES, Model, ModelFile, Page
 from . import ids, validation
+from .archives import ArchiveLimits, unpack_zip
 from .auth import Principal
 from .ports import BlobStore, BlobWriter, MetadataStore, ModelQuery, NewModel
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 GRADIENT_METADATA_FILE = "gradient-model-metadata.json"
 _MAX_METADATA_FILE = 1024 * 1024
+_MAX_SIZE = 2**63 - 1  # sizes are stored as 64-bit integers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,10 @@ class Limits:
     max_metadata_bytes: int = 1024 * 1024
     max_files: int = 200_000
     max_notes: int = 1024 * 1024
+    # An uploaded zip (the Gradient CLI's directory upload) unpacks to at most this many bytes, and no
+    # entry may expand more than this many times.
+    max_unpacked_bytes: int = 1 << 40
+    max_unpack_ratio: int = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +74,14 @@ def check_manifest(files: Any, max_files: int) -> tuple[ModelFile, ...]:
         else:
             raise InvalidInput(f"Manifest entry {entry!r} is not an object with path, size and sha256")
         path = normalize_path(path)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInput(f"Size of {path!r} must be a non-negative integer, not {size!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _MAX_SIZE:
+            raise InvalidInput(f"Size of {path!r} must be a non-negative integer below 2**63, not {size!r}")
         if path in out:
             raise InvalidInput(f"File path {path!r} appears twice in the manifest")
         out[path] = ModelFile(path=path, size=size, sha256=validation.sha256(digest))
+    total = sum(f.size for f in out.values())
+    if total > _MAX_SIZE:
+        raise InvalidInput(f"The files add up to {total} bytes; the size of a model must stay below 2**63")
     dirs = {p.rsplit("/", 1)[0] for p in out if "/" in p}
     prefixes = {d for p in dirs for d in _parents(p)}
     clash = sorted(set(out) & prefixes)
@@ -94,11 +103,12 @@ def decode_cursor(cursor: str | None) -> int | None:
     if not cursor:
         return None
     try:
-        return int(cursor, 16)
+        seq = int(cursor, 16)
     except ValueError:
-        raise InvalidInput(
-            f"Cursor {cursor!r} is not valid", hint="Pass the next_cursor of a previous page."
-        ) from None
+        seq = -1
+    if not 0 <= seq < 2**63 or encode_cursor(seq) != cursor:  # only what encode_cursor makes
+        raise InvalidInput(f"Cursor {cursor!r} is not valid", hint="Pass the next_cursor of a previous page.")
+    return seq
 
 
 class ModelService:
@@ -113,7 +123,8 @@ class ModelService:
         return dataclasses.replace(model, storage_location=self.blobs.location())
 
     def _visible(self, principal: Principal, model_id: str, *, with_files: bool = False) -> Model:
-        model = self.store.get_model(model_id, with_files=with_files) if isinstance(model_id, str) else None
+        known = isinstance(model_id, str) and "\x00" not in model_id  # no id holds a NUL
+        model = self.store.get_model(model_id, with_files=with_files) if known else None
         if model is None or not principal.can_see(model.project_id):
             raise NotFound(
                 f"Model {model_id} not found", hint="`modeldepot models list` shows the models you can see."
@@ -144,6 +155,8 @@ class ModelService:
         project_ids = principal.visible_projects()
         if project_id is not None:
             principal.require(project_id, "viewer")
+            if self.store.get_project(project_id) is None:
+                raise NotFound(f"Project {project_id} not found")
             project_ids = (project_id,)
         if project_ids == ():
             return Page(items=(), next_cursor=None)
@@ -195,6 +208,22 @@ class ModelService:
             raise NotFound(f"Project {project_id} not found")
         manifest = check_manifest(files, self.limits.max_files)
         now = datetime.now(UTC)
+        # Content already stored is skipped only when this key can read it in some model already;
+        # anything else must be sent (and is verified), so a digest alone never grants access.
+        readable = self.store.visible_blobs(principal.visible_projects(), {f.sha256 for f in manifest})
+        missing: dict[str, ModelFile] = {}
+        for f in manifest:
+            if f.sha256 in readable:
+                have = self.blobs.size(f.sha256)
+                if have == f.size:
+                    continue
+                if have is not None:
+                    raise IntegrityError(
+                        f"{f.path!r} is declared as {f.size} bytes, but its content (sha256 {f.sha256}) "
+                        f"has {have} bytes",
+                        hint="Hash the file again: it may have changed.",
+                    )
+            missing.setdefault(f.sha256, f)
         new = NewModel(
             id=ids.model_id(),
             project_id=project_id,
@@ -212,16 +241,8 @@ class ModelService:
             created_by=principal.user,
             expires_at=now + self.limits.upload_expiry,
             files=manifest,
+            pending=tuple(missing),
         )
-        missing: dict[str, ModelFile] = {}
-        for f in manifest:
-            have = self.blobs.size(f.sha256)
-            if have is None:
-                missing.setdefault(f.sha256, f)
-            elif have != f.size:
-                raise IntegrityError(
-                    f"{f.path!r} is declared as {f.size} bytes, but content with sha256 {f.sha256} has {have} bytes"
-                )
         model = self.store.create_model(new)
         return UploadPlan(model=self._with_location(model), missing=tuple(missing.values()))
 
@@ -241,11 +262,16 @@ class ModelService:
             raise NotFound(f"Model {model_id} has no file with sha256 {digest} in its manifest")
         return self.blobs.writer(), match.size
 
+    def blob_received(self, model_id: str, sha256: str) -> None:
+        """Record that a blob of an upload arrived whole (after its writer committed)."""
+        self.store.mark_received(model_id, sha256)
+
     def commit(self, principal: Principal, model_id: str) -> Model:
         """Check every blob is stored with the right size, then mark the model ready."""
         model = self._uploading(principal, model_id)
         files = self.store.model_files(model.id)
-        absent = [f for f in files if self.blobs.size(f.sha256) != f.size]
+        pending = set(self.store.pending_blobs(model.id))
+        absent = [f for f in files if f.sha256 in pending or self.blobs.size(f.sha256) != f.size]
         if absent:
             raise Conflict(
                 f"{len(absent)} file(s) of model {model_id} have not been uploaded yet, e.g. {absent[0].path!r}",
@@ -322,3 +348,114 @@ class ModelService:
         model = self._visible(principal, model_id)
         principal.require(model.project_id, "editor")
         self.store.delete_model(model.id)
+
+    # -- models created first and given their files later (the Gradient CLI's upload) ---------------
+
+    def create_empty(
+        self,
+        principal: Principal,
+        project_id: str,
+        *,
+        name: Any,
+        type: Any = None,
+        summary: Any = None,
+        notes: Any = None,
+        tags: Any = None,
+        dataset_ref: Any = None,
+        ready: bool = False,
+    ) -> Model:
+        """A model with no files yet: ``uploading`` until :meth:`receive_files`, or ``ready`` at once.
+
+        ``ready`` is for models that only reference a dataset (``gradient models create --datasetRef``).
+        Without a type the model is ``Custom``: the type is not detected later.
+        """
+        principal.require(project_id, "editor")
+        if self.store.get_project(project_id) is None:
+            raise NotFound(f"Project {project_id} not found")
+        now = datetime.now(UTC)
+        new = NewModel(
+            id=ids.model_id(),
+            project_id=project_id,
+            name=validation.name(name, "Model name"),
+            type=validation.model_type(type) if type not in (None, "") else "Custom",
+            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
+            notes=validation.text(notes, "Notes", self.limits.max_notes),
+            tags=validation.tags(tags),
+            metadata={},
+            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
+            source="dataset" if dataset_ref and ready else "upload",
+            created_at=now,
+            created_by=principal.user,
+            expires_at=now + self.limits.upload_expiry,
+            files=(),
+        )
+        model = self.store.create_model(new)
+        if ready:
+            self.store.update_model(model.id, state="ready", expires_at=None)
+        return self.get(principal, model.id, with_files=False)
+
+    def awaiting_files(self, principal: Principal, model_id: str) -> Model:
+        """The model if it may still receive its files: uploading, with none yet, and the key an editor."""
+        model = self._visible(principal, model_id)
+        principal.require(model.project_id, "editor")
+        if model.state != "uploading" or model.file_count:
+            raise Conflict(
+                f"Model {model_id} is {model.state} and already has its files; an upload URL works only once",
+                hint="Upload again to create a new model.",
+            )
+        return model
+
+    def receive_files(self, principal: Principal, model_id: str, files: Sequence[ModelFile]) -> Model:
+        """Give a model made by :meth:`create_empty` its files (already in the blob store); mark it ready."""
+        model = self.awaiting_files(principal, model_id)
+        manifest = check_manifest(list(files), self.limits.max_files)
+        for f in manifest:
+            if self.blobs.size(f.sha256) != f.size:
+                raise IntegrityError(f"The content of {f.path!r} is not stored with {f.size} bytes")
+        if not self.store.attach_files(model.id, manifest):
+            raise Conflict(
+                f"Model {model_id} already received its files; an upload URL works only once",
+                hint="Upload again to create a new model.",
+            )
+        return self.commit(principal, model.id)
+
+    def receive_zip(self, principal: Principal, model_id: str, archive: BinaryIO) -> Model:
+        """Unpack a zip (seekable file) into the model's files; a bad archive marks the model failed."""
+        self.awaiting_files(principal, model_id)
+        limits = ArchiveLimits(
+            max_entries=self.limits.max_files,
+            max_unpacked_bytes=self.limits.max_unpacked_bytes,
+            max_ratio=self.limits.max_unpack_ratio,
+        )
+        try:
+            files = unpack_zip(archive, self.blobs, limits)
+            return self.receive_files(principal, model_id, files)
+        except (InvalidInput, PayloadTooLarge):
+            self.store.update_model(model_id, state="failed")
+            raise
+
+    def list_matching(
+        self,
+        principal: Principal,
+        *,
+        project_id: str | None = None,
+        any_tags: Sequence[str] = (),
+        name: str | None = None,
+        type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Model]:
+        """Every ready model that matches (any of ``any_tags``), newest first; ``limit`` None: all."""
+        found: dict[str, Model] = {}
+        tags: list[str | None] = [*dict.fromkeys(any_tags)] or [None]
+        for tag in tags:
+            cursor: str | None = None
+            while True:
+                page = self.list_models(
+                    principal, project_id=project_id, tag=tag, name=name, type=type, cursor=cursor, limit=1000
+                )
+                found.update((m.id, m) for m in page.items)
+                cursor = page.next_cursor
+                if cursor is None or (limit is not None and not any_tags and len(found) >= limit):
+                    break
+        models = sorted(found.values(), key=lambda m: (m.created_at, m.id), reverse=True)
+        return models if limit is None else models[:limit]

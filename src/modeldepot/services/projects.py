@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from ..records import Project
 from . import ids, validation
 from .auth import Principal
 from .ports import MetadataStore
+
+# The project that models go to when an admin key names none (see ProjectService.default_for_models).
+DEFAULT_PROJECT = "default"
 
 
 class ProjectService:
@@ -70,7 +73,32 @@ class ProjectService:
         count = self.store.count_models(project_id)
         if count and not force:
             raise Conflict(
-                f"Project {project_id} still has {count} model(s)",
+                f"Project {project_id} still has {count} model(s) (uploads in progress included)",
                 hint="Delete them first, or pass --force (force=true) to delete the project with its models.",
             )
         self.store.delete_project(project_id)
+
+    def default_for_models(self, principal: Principal) -> Project:
+        """The project of a model whose client named none (``gradient models upload`` without --projectId).
+
+        A key that may write to exactly one project uses that one. A global admin key uses the oldest
+        project named ``default``, made on first use. Any other key has to name the project.
+        """
+        if principal.is_admin:
+            found = [p for p in self.store.list_projects(None) if p.name == DEFAULT_PROJECT]
+            if found:
+                return min(found, key=lambda p: (p.created_at, p.id))
+            return self.create(principal, DEFAULT_PROJECT)
+        writable = []
+        for project_id in sorted(principal.roles):
+            try:
+                principal.require(project_id, "editor")
+            except PermissionDenied:
+                continue
+            writable.append(project_id)
+        if len(writable) != 1:
+            raise InvalidInput(
+                f"Say which project the model belongs to: this API key may add models to {len(writable)} projects",
+                hint="Pass --projectId PROJECT_ID (gradient) or --project PROJECT_ID (modeldepot).",
+            )
+        return self.get(principal, writable[0])

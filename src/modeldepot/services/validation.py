@@ -53,7 +53,7 @@ def json_object(value: Any, what: str, max_bytes: int) -> dict[str, Any]:
             f"{what} must be a JSON object, not {type(value).__name__}",
             hint='Pass a JSON object, e.g. {"accuracy": 0.9, "loss": 0.3}.',
         )
-    size = len(json.dumps(value, allow_nan=False, default=str))
+    size = len(json.dumps(value, default=str))
     if size > max_bytes:
         raise PayloadTooLarge(f"{what} is {size} bytes as JSON; the limit is {max_bytes}")
     try:
@@ -85,7 +85,7 @@ def tags(values: Any) -> tuple[str, ...]:
 
 
 def sha256(value: Any) -> str:
-    if not isinstance(value, str) or not _SHA256.match(value):
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
         raise InvalidInput(
             f"{value!r} is not a sha256 digest", hint="Send 64 lowercase hexadecimal characters."
         )

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import IntegrityError
@@ -36,6 +36,8 @@ class ModelCreate(BaseModel):
 
 
 class ModelUpdate(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the service names unknown fields in its error
+
     name: str | None = None
     notes: str | None = None
     summary: dict[str, Any] | None = None
@@ -101,6 +103,7 @@ async def put_blob(
     except BaseException:
         writer.abort()
         raise
+    await run_in_threadpool(services.models.blob_received, model_id, sha256)
     return Response(status_code=204)
 
 
