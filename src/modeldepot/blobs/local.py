@@ -1,15 +1,27 @@
-"""Blobs in a local directory: ``sha256/ab/cd/<hash>``, written through a temp file and renamed."""
+"""Blobs in a local directory: ``sha256/ab/cd/<hash>``, written through a temp file and renamed.
+
+Large uploads arrive in parts, possibly in parallel and over several attempts: each staging area is
+one preallocated file (``staging/<id>/data``) that parts are written into at their offsets, with a
+marker file per received part (``staging/<id>/parts/<n>``, holding its size), so a restarted server
+still knows what it has. Finishing hashes the whole file and renames it into place.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import secrets
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..errors import IntegrityError, StorageFull
+
+PublishGuard = Callable[[str, int], AbstractContextManager[None]]
 
 
 class LocalBlobWriter:
@@ -47,14 +59,7 @@ class LocalBlobWriter:
             os.fsync(self._file.fileno())
         finally:
             self._file.close()
-        final = self._store._path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._store.publish(self._tmp, digest, self.size)
 
     def commit_computed(self) -> tuple[str, int]:
         """Keep the bytes under the sha256 computed while they were written; return (sha256, size)."""
@@ -68,9 +73,16 @@ class LocalBlobWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+def _no_guard(sha256: str, size: int) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
 class LocalBlobStore:
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], guard: PublishGuard = _no_guard):
         self.root = Path(root)
+        # Held while a blob is moved into place; the server sets it to the metadata store's row lock
+        # so that the garbage collector can never delete a blob in the instant it is re-published.
+        self.guard = guard
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "sha256").mkdir(exist_ok=True)
@@ -91,9 +103,19 @@ class LocalBlobStore:
         path = self._path(sha256)
         return path if path.exists() else None
 
-    def read(self, sha256: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+    def read(
+        self, sha256: str, chunk_size: int = 1024 * 1024, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """The blob's bytes from ``start`` up to (not including) ``end``."""
         with self._path(sha256).open("rb") as f:
-            while chunk := f.read(chunk_size):
+            f.seek(start)
+            left = None if end is None else max(0, end - start)
+            while left is None or left > 0:
+                chunk = f.read(chunk_size if left is None else min(chunk_size, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def delete(self, sha256: str) -> None:
@@ -101,3 +123,124 @@ class LocalBlobStore:
 
     def location(self) -> str:
         return self.root.resolve().as_uri()
+
+    def iter_blobs(self) -> Iterator[tuple[str, int]]:
+        """Every stored blob as (sha256, size)."""
+        for path in sorted((self.root / "sha256").glob("*/*/*")):
+            if len(path.name) == 64:
+                yield path.name, path.stat().st_size
+
+    def presign_get(self, sha256: str, expires_in: int, filename: str) -> str | None:
+        return None  # the server serves local blobs itself (with sendfile)
+
+    def publish(self, tmp: Path, sha256: str, size: int) -> None:
+        """Move a verified, fsynced file into place as blob ``sha256`` (under the publish guard)."""
+        final = self._path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self.guard(sha256, size):
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+
+    # -- staging: blobs that arrive in parts ---------------------------------------------------------
+
+    def _staging(self, staging_id: str) -> Path:
+        if not staging_id.isalnum():
+            raise ValueError(f"bad staging id {staging_id!r}")
+        return self.root / "staging" / staging_id
+
+    def begin_staging(self, size: int) -> str:
+        staging_id = secrets.token_hex(12)
+        area = self._staging(staging_id)
+        (area / "parts").mkdir(parents=True)
+        with (area / "data").open("wb") as f:
+            f.truncate(size)
+        return staging_id
+
+    def presign_part(self, staging_id: str, number: int, expires_in: int) -> str | None:
+        return None  # parts go through the server
+
+    def write_part(
+        self,
+        staging_id: str,
+        number: int,
+        offset: int,
+        size: int,
+        chunks: Iterable[bytes],
+        sha256: str | None,
+    ) -> None:
+        """Write part ``number`` at ``offset``; its size (and sha256, when given) must match."""
+        area = self._staging(staging_id)
+        digest = hashlib.sha256()
+        got = 0
+        try:
+            fd = os.open(area / "data", os.O_WRONLY)
+        except FileNotFoundError:
+            raise IntegrityError(f"Upload staging area {staging_id} no longer exists") from None
+        try:
+            for chunk in chunks:
+                if got + len(chunk) > size:
+                    raise IntegrityError(f"Part {number} is larger than its {size} bytes")
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        n = os.pwrite(fd, view, offset + got)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:
+                            raise StorageFull("The blob store's disk is full") from exc
+                        raise
+                    view = view[n:]
+                    got += n
+                if sha256 is not None:
+                    digest.update(chunk)
+            if got != size:
+                raise IntegrityError(f"Part {number} has {got} bytes, expected {size}; send it again")
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise IntegrityError(f"Part {number} arrived corrupted (sha256 mismatch); send it again")
+        finally:
+            os.close(fd)
+        marker = area / "parts" / str(number)
+        marker.write_text(str(size))
+
+    def received_parts(self, staging_id: str) -> dict[int, int]:
+        area = self._staging(staging_id) / "parts"
+        try:
+            return {int(p.name): int(p.read_text() or 0) for p in area.iterdir() if p.name.isdigit()}
+        except FileNotFoundError:
+            return {}
+
+    def finish_staging(self, staging_id: str, sha256: str, size: int) -> None:
+        """Hash the assembled file; if it is the blob announced, fsync it and publish it."""
+        data = self._staging(staging_id) / "data"
+        digest = hashlib.sha256()
+        got = 0
+        with data.open("rb") as f:
+            while chunk := f.read(4 * 1024 * 1024):
+                digest.update(chunk)
+                got += len(chunk)
+            if got != size or digest.hexdigest() != sha256:
+                self.abort_staging(staging_id)
+                raise IntegrityError(
+                    f"The parts add up to {got} bytes with sha256 {digest.hexdigest()}, expected {size} bytes "
+                    f"with sha256 {sha256}; they were discarded",
+                    hint="The file changed or was corrupted in transit: upload it again.",
+                )
+            os.fsync(f.fileno())
+        self.publish(data, sha256, size)
+        self.abort_staging(staging_id)
+
+    def abort_staging(self, staging_id: str) -> None:
+        shutil.rmtree(self._staging(staging_id), ignore_errors=True)
+
+    def staging_ids(self) -> list[str]:
+        try:
+            return sorted(p.name for p in (self.root / "staging").iterdir())
+        except FileNotFoundError:
+            return []
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

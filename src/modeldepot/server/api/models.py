@@ -36,7 +36,7 @@ class ModelCreate(BaseModel):
 
 
 class ModelUpdate(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the service names unknown fields in its error
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not silently ignored
 
     name: str | None = None
     notes: str | None = None
