@@ -118,8 +118,8 @@ def test_abandoned_upload_is_invisible_then_cleaned(server: RunningServer, proje
         assert http.get("/models", params={"project": project}).json()["items"] == []
         assert http.get(f"/models/{mid}").json()["state"] == "uploading"
         assert http.get(f"/models/{mid}/files/a").status_code == 409
-        services.models.store.update_model(mid, expires_at=datetime.now(UTC) - timedelta(seconds=1))
-        assert services.models.abort_expired() == 1
+        services.uploads.store.update_model(mid, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        assert services.uploads.abort_expired() == 1
         assert http.get(f"/models/{mid}").status_code == 404
 
 

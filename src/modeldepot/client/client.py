@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from ..errors import ConnectionFailed, IntegrityError, ModeldepotError, error_from_problem
+from ..errors import ConnectionFailed, IntegrityError, error_from_problem
 from ..records import Alias, ApiKey, Model, ModelFile, NewApiKey, Page, Project
 from . import transfer
+from .uploader import Uploader
 
 
 class Progress(Protocol):
@@ -59,9 +59,14 @@ class Client:
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=self.parallel + 4),
         )
+        # For URLs that point elsewhere (presigned object-store URLs): never send the API key there.
+        self._plain = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=10.0), headers={"User-Agent": "modeldepot-sdk"}
+        )
 
     def close(self) -> None:
         self._http.close()
+        self._plain.close()
 
     def __enter__(self) -> Client:
         return self
@@ -199,16 +204,12 @@ class Client:
     ) -> Model:
         """Upload a file or a directory as a new model and return it once it is ``ready``.
 
-        Files are hashed first; only content the server lacks is sent; the model becomes visible when
-        every byte is verified. On any failure the half-made model is removed.
+        Files are hashed first; only content the server lacks is sent, large files in parts several
+        at a time; the model becomes visible when every byte is verified. If the upload is cut off
+        (network, server restart, Ctrl-C), calling ``upload`` again with the same arguments resumes
+        it; on other failures the half-made model is removed.
         """
-        bar = progress or _NoProgress()
-        entries = transfer.scan(Path(path))
-        total = sum(local.stat().st_size for _, local in entries)
-        bar.start("hashing", total)
-        manifest = transfer.build_manifest(entries, bar.advance)
-        bar.finish()
-        body = {
+        meta = {
             "name": name,
             "type": type,
             "summary": summary,
@@ -216,44 +217,23 @@ class Client:
             "tags": tags or [],
             "metadata": metadata,
             "dataset_ref": dataset_ref,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f, _ in manifest],
         }
-        plan = self._json("POST", f"/projects/{_seg(project)}/models", json=body)
-        model_id = plan["model"]["id"]
-        try:
-            local_of = {f.sha256: local for f, local in manifest}
-            missing = plan["missing"]
-            bar.start("uploading", sum(int(m["size"]) for m in missing))
-            self._send_blobs(model_id, missing, local_of, bar.advance)
-            bar.finish()
-            return Model.from_json(self._json("POST", f"/models/{_seg(model_id)}/commit"))
-        except BaseException:
-            bar.finish()
-            # If this fails too, the server's cleanup of expired uploads removes the model later.
-            with contextlib.suppress(ModeldepotError):
-                self.delete_model(model_id)
-            raise
+        return Uploader(self, progress or _NoProgress()).run(Path(path), project, meta)
 
-    def _send_blobs(
-        self,
-        model_id: str,
-        missing: list[dict[str, Any]],
-        local_of: dict[str, Path],
-        advance: Callable[[int], None],
-    ) -> None:
-        def send(item: dict[str, Any]) -> None:
-            sha, size = item["sha256"], int(item["size"])
-            self._request(
-                "PUT",
-                f"/models/{_seg(model_id)}/blobs/{sha}",
-                content=transfer.read_chunks(local_of[sha], size, advance),
+    def put_to(self, url: str, content: Iterator[bytes], size: int) -> None:
+        """PUT bytes to a URL the server handed out: itself (with the key) or an object store (without)."""
+        http = self._http if url.startswith(self.url + "/") else self._plain
+        try:
+            response = http.put(
+                url,
+                content=content,
                 headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
                 timeout=httpx.Timeout(None, connect=10.0),
             )
-
-        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            for future in [pool.submit(send, item) for item in missing]:
-                future.result()
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"Sending to {url.split('?')[0]} failed: {exc}") from exc
+        if response.status_code >= 400:
+            self._raise_for(response)
 
     def download(
         self, model_id: str, dest: str | os.PathLike[str], *, progress: Progress | None = None

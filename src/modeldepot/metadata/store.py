@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from ..records import Alias, ApiKey, Model, ModelFile, Project
 from ..services.ports import ModelQuery, NewModel, StoredKey
 from . import tables as t
+from .blob_rows import BlobRows
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -60,7 +61,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-class SqlMetadataStore:
+class SqlMetadataStore(BlobRows):
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
@@ -221,6 +222,7 @@ class SqlMetadataStore:
                             size=size,
                             file_count=len(new.files),
                             expires_at=new.expires_at,
+                            upload_key=new.upload_key,
                         )
                         .returning(t.models.c.seq)
                     ).scalar_one()
@@ -240,7 +242,18 @@ class SqlMetadataStore:
                     if new.pending:
                         conn.execute(
                             insert(t.pending_blobs),
-                            [{"model_id": new.id, "sha256": sha} for sha in sorted(set(new.pending))],
+                            [
+                                {"model_id": new.id, "sha256": sha, "size": size}
+                                for sha, size in sorted(set(new.pending))
+                            ],
+                        )
+                    # Stored content this model names is in use from now on: the collector leaves it.
+                    shas = sorted({f.sha256 for f in new.files})
+                    for i in range(0, len(shas), 500):
+                        conn.execute(
+                            update(t.blobs)
+                            .where(t.blobs.c.sha256.in_(shas[i : i + 500]))
+                            .values(touched_at=new.created_at)
                         )
                 break
             except sa_exc.IntegrityError:
@@ -268,14 +281,19 @@ class SqlMetadataStore:
                 found.update(conn.scalars(stmt))
         return found
 
-    def pending_blobs(self, model_id: str) -> list[str]:
+    def find_upload(self, project_id: str, upload_key: str, created_by: str) -> str | None:
+        """The still-uploading model an earlier run with this key started, if any."""
         with self._read() as conn:
-            return list(
-                conn.scalars(
-                    select(t.pending_blobs.c.sha256)
-                    .where(t.pending_blobs.c.model_id == model_id)
-                    .order_by(t.pending_blobs.c.sha256)
+            return conn.scalar(
+                select(t.models.c.id)
+                .where(
+                    t.models.c.project_id == project_id,
+                    t.models.c.upload_key == upload_key,
+                    t.models.c.created_by == created_by,
+                    t.models.c.state == "uploading",
                 )
+                .order_by(t.models.c.seq.desc())
+                .limit(1)
             )
 
     def mark_received(self, model_id: str, sha256: str) -> None:

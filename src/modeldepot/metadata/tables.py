@@ -70,7 +70,10 @@ models = Table(
     Column("file_count", Integer, nullable=False),
     Column("expires_at", TS),
     Column("deployment_state", String(40)),
+    # Set by clients so that re-running an interrupted upload resumes the same model.
+    Column("upload_key", String(64)),
     UniqueConstraint("project_id", "name", "version"),
+    Index(None, "project_id", "upload_key"),
     # Keyset pagination (newest first) within each filter the list offers.
     Index(None, "project_id", "state", "seq"),
     Index(None, "project_id", "name", "seq"),
@@ -97,6 +100,24 @@ pending_blobs = Table(
     metadata,
     Column("model_id", String(16), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
     Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    # Large blobs arrive in parts into a staging area of the blob store (made on first use).
+    Column("staging_id", String(200)),
+    Column("part_size", BigInteger),
+    Index(None, "sha256"),
+)
+
+# Every blob the blob store holds, with when it was last published or named by an upload: the
+# garbage collector deletes only rows no file or upload references and untouched for a grace period,
+# holding the row (lock) while it deletes the bytes; publishing takes the same row.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("touched_at", TS, nullable=False),
+    Index(None, "touched_at"),
 )
 
 model_tags = Table(

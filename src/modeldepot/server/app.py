@@ -20,7 +20,7 @@ from ..services.container import Services
 from ..services.models import Limits
 from ..services.signing import UrlSigner
 from . import problems
-from .api import aliases, keys, meta, models, projects
+from .api import aliases, keys, meta, models, projects, uploads
 from .gradient import router as gradient_router
 from .limits import BodyLimit
 
@@ -35,6 +35,8 @@ def create_app(settings: Settings) -> FastAPI:
     store = SqlMetadataStore(settings.resolved_database_url())
     store.migrate()
     blobs = open_blob_store(settings.resolved_blob_url())
+    # Moving bytes into place holds the blob's row, as the garbage collector does when deleting.
+    blobs.guard = store.publishing_blob
     services = Services.build(
         store,
         blobs,
@@ -70,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     app.state.store = store
     problems.install(app)
-    for module in (meta, projects, models, aliases, keys):
+    for module in (meta, projects, uploads, models, aliases, keys):
         app.include_router(module.router, prefix="/api/v1")
     # The Gradient CLI's routes live at the root: PAPERSPACE_CONFIG_HOST=http://HOST:PORT.
     app.state.url_signer = UrlSigner(settings.resolved_signing_secret())
@@ -87,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
 async def _cleanup_loop(services: Services) -> None:
     while True:
         try:
-            removed = await run_in_threadpool(services.models.abort_expired)
+            removed = await run_in_threadpool(services.uploads.abort_expired)
             if removed:
                 log.info("removed %d abandoned upload(s)", removed)
         except Exception:

@@ -9,6 +9,7 @@ from .auth import AuthService
 from .models import Limits, ModelService
 from .ports import BlobStore, MetadataStore
 from .projects import ProjectService
+from .uploads import UploadService
 
 
 @dataclasses.dataclass
@@ -16,14 +17,17 @@ class Services:
     auth: AuthService
     projects: ProjectService
     models: ModelService
+    uploads: UploadService
     aliases: AliasService
 
     @classmethod
     def build(cls, store: MetadataStore, blobs: BlobStore, limits: Limits | None = None) -> Services:
+        limits = limits or Limits()
         models = ModelService(store, blobs, limits)
         return cls(
             auth=AuthService(store),
             projects=ProjectService(store),
             models=models,
+            uploads=UploadService(store, blobs, models, limits),
             aliases=AliasService(store, models),
         )

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from datetime import timedelta
+from typing import Any
 
-from ..errors import Conflict, IntegrityError, InvalidInput, NotFound, PayloadTooLarge
+from ..errors import Conflict, InvalidInput, NotFound
 from ..paths import normalize_path
 from ..records import MODEL_STATES, Model, ModelFile, Page
-from . import ids, validation
-from .archives import ArchiveLimits, unpack_zip
+from . import validation
 from .auth import Principal
-from .ports import BlobStore, BlobWriter, MetadataStore, ModelQuery, NewModel
+from .ports import BlobStore, MetadataStore, ModelQuery
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +33,9 @@ class Limits:
     # entry may expand more than this many times.
     max_unpacked_bytes: int = 1 << 40
     max_unpack_ratio: int = 200
-
-
-@dataclasses.dataclass(frozen=True)
-class UploadPlan:
-    """The answer to starting an upload: the model (``uploading``) and the blobs still to send."""
-
-    model: Model
-    missing: tuple[ModelFile, ...]
+    # Blobs larger than this are sent in parts of part_size (S3 needs parts of at least 5 MiB).
+    part_threshold: int = 64 * 1024 * 1024
+    part_size: int = 64 * 1024 * 1024
 
 
 def detect_type(paths: Iterable[str]) -> str:
@@ -185,121 +178,6 @@ class ModelService:
             raise NotFound(f"Model {model_id} has no file {path!r}")
         return found
 
-    # -- uploading ---------------------------------------------------------------------------------
-
-    def start_upload(
-        self,
-        principal: Principal,
-        project_id: str,
-        *,
-        name: Any,
-        files: Any,
-        type: Any = None,
-        summary: Any = None,
-        notes: Any = None,
-        tags: Any = None,
-        metadata: Any = None,
-        dataset_ref: Any = None,
-        source: str = "upload",
-    ) -> UploadPlan:
-        """Create a model in state ``uploading`` from its manifest; say which blobs the server lacks."""
-        principal.require(project_id, "editor")
-        if self.store.get_project(project_id) is None:
-            raise NotFound(f"Project {project_id} not found")
-        manifest = check_manifest(files, self.limits.max_files)
-        now = datetime.now(UTC)
-        # Content already stored is skipped only when this key can read it in some model already;
-        # anything else must be sent (and is verified), so a digest alone never grants access.
-        readable = self.store.visible_blobs(principal.visible_projects(), {f.sha256 for f in manifest})
-        missing: dict[str, ModelFile] = {}
-        for f in manifest:
-            if f.sha256 in readable:
-                have = self.blobs.size(f.sha256)
-                if have == f.size:
-                    continue
-                if have is not None:
-                    raise IntegrityError(
-                        f"{f.path!r} is declared as {f.size} bytes, but its content (sha256 {f.sha256}) "
-                        f"has {have} bytes",
-                        hint="Hash the file again: it may have changed.",
-                    )
-            missing.setdefault(f.sha256, f)
-        new = NewModel(
-            id=ids.model_id(),
-            project_id=project_id,
-            name=validation.name(name, "Model name"),
-            type=validation.model_type(type)
-            if type not in (None, "")
-            else detect_type(f.path for f in manifest),
-            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
-            notes=validation.text(notes, "Notes", self.limits.max_notes),
-            tags=validation.tags(tags),
-            metadata=validation.json_object(metadata, "Metadata", self.limits.max_metadata_bytes),
-            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
-            source=source,
-            created_at=now,
-            created_by=principal.user,
-            expires_at=now + self.limits.upload_expiry,
-            files=manifest,
-            pending=tuple(missing),
-        )
-        model = self.store.create_model(new)
-        return UploadPlan(model=self._with_location(model), missing=tuple(missing.values()))
-
-    def _uploading(self, principal: Principal, model_id: str) -> Model:
-        model = self._visible(principal, model_id)
-        principal.require(model.project_id, "editor")
-        if model.state != "uploading":
-            raise Conflict(f"Model {model_id} is {model.state}, not uploading; its files cannot change")
-        return model
-
-    def open_blob(self, principal: Principal, model_id: str, sha256: str) -> tuple[BlobWriter, int]:
-        """A writer for one blob of an uploading model, and the size it must have."""
-        model = self._uploading(principal, model_id)
-        digest = validation.sha256(sha256)
-        match = next((f for f in self.store.model_files(model.id) if f.sha256 == digest), None)
-        if match is None:
-            raise NotFound(f"Model {model_id} has no file with sha256 {digest} in its manifest")
-        return self.blobs.writer(), match.size
-
-    def blob_received(self, model_id: str, sha256: str) -> None:
-        """Record that a blob of an upload arrived whole (after its writer committed)."""
-        self.store.mark_received(model_id, sha256)
-
-    def commit(self, principal: Principal, model_id: str) -> Model:
-        """Check every blob is stored with the right size, then mark the model ready."""
-        model = self._uploading(principal, model_id)
-        files = self.store.model_files(model.id)
-        pending = set(self.store.pending_blobs(model.id))
-        absent = [f for f in files if f.sha256 in pending or self.blobs.size(f.sha256) != f.size]
-        if absent:
-            raise Conflict(
-                f"{len(absent)} file(s) of model {model_id} have not been uploaded yet, e.g. {absent[0].path!r}",
-                hint="Upload the missing blobs, then commit again (re-running the upload does this).",
-                extra={"missing": [f.sha256 for f in absent[:1000]]},
-            )
-        metadata = dict(model.metadata)
-        top = next((f for f in files if f.path == GRADIENT_METADATA_FILE), None)
-        if top is not None and top.size <= _MAX_METADATA_FILE:
-            metadata = {**self._read_json(top.sha256), **metadata}
-        self.store.update_model(model.id, state="ready", expires_at=None, metadata=metadata)
-        return self.get(principal, model.id)
-
-    def _read_json(self, sha256: str) -> dict[str, Any]:
-        try:
-            value = json.loads(b"".join(self.blobs.read(sha256)))
-        except ValueError:
-            log.warning("ignoring %s: not valid JSON", GRADIENT_METADATA_FILE)
-            return {}
-        return value if isinstance(value, dict) else {}
-
-    def abort_expired(self) -> int:
-        """Remove uploads whose time ran out. Their blobs stay for the garbage collector."""
-        expired = self.store.expired_uploads(datetime.now(UTC))
-        for model_id in expired:
-            self.store.delete_model(model_id)
-        return len(expired)
-
     # -- changing ----------------------------------------------------------------------------------
 
     def update(self, principal: Principal, model_id: str, changes: dict[str, Any]) -> Model:
@@ -348,91 +226,6 @@ class ModelService:
         model = self._visible(principal, model_id)
         principal.require(model.project_id, "editor")
         self.store.delete_model(model.id)
-
-    # -- models created first and given their files later (the Gradient CLI's upload) ---------------
-
-    def create_empty(
-        self,
-        principal: Principal,
-        project_id: str,
-        *,
-        name: Any,
-        type: Any = None,
-        summary: Any = None,
-        notes: Any = None,
-        tags: Any = None,
-        dataset_ref: Any = None,
-        ready: bool = False,
-    ) -> Model:
-        """A model with no files yet: ``uploading`` until :meth:`receive_files`, or ``ready`` at once.
-
-        ``ready`` is for models that only reference a dataset (``gradient models create --datasetRef``).
-        Without a type the model is ``Custom``: the type is not detected later.
-        """
-        principal.require(project_id, "editor")
-        if self.store.get_project(project_id) is None:
-            raise NotFound(f"Project {project_id} not found")
-        now = datetime.now(UTC)
-        new = NewModel(
-            id=ids.model_id(),
-            project_id=project_id,
-            name=validation.name(name, "Model name"),
-            type=validation.model_type(type) if type not in (None, "") else "Custom",
-            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
-            notes=validation.text(notes, "Notes", self.limits.max_notes),
-            tags=validation.tags(tags),
-            metadata={},
-            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
-            source="dataset" if dataset_ref and ready else "upload",
-            created_at=now,
-            created_by=principal.user,
-            expires_at=now + self.limits.upload_expiry,
-            files=(),
-        )
-        model = self.store.create_model(new)
-        if ready:
-            self.store.update_model(model.id, state="ready", expires_at=None)
-        return self.get(principal, model.id, with_files=False)
-
-    def awaiting_files(self, principal: Principal, model_id: str) -> Model:
-        """The model if it may still receive its files: uploading, with none yet, and the key an editor."""
-        model = self._visible(principal, model_id)
-        principal.require(model.project_id, "editor")
-        if model.state != "uploading" or model.file_count:
-            raise Conflict(
-                f"Model {model_id} is {model.state} and already has its files; an upload URL works only once",
-                hint="Upload again to create a new model.",
-            )
-        return model
-
-    def receive_files(self, principal: Principal, model_id: str, files: Sequence[ModelFile]) -> Model:
-        """Give a model made by :meth:`create_empty` its files (already in the blob store); mark it ready."""
-        model = self.awaiting_files(principal, model_id)
-        manifest = check_manifest(list(files), self.limits.max_files)
-        for f in manifest:
-            if self.blobs.size(f.sha256) != f.size:
-                raise IntegrityError(f"The content of {f.path!r} is not stored with {f.size} bytes")
-        if not self.store.attach_files(model.id, manifest):
-            raise Conflict(
-                f"Model {model_id} already received its files; an upload URL works only once",
-                hint="Upload again to create a new model.",
-            )
-        return self.commit(principal, model.id)
-
-    def receive_zip(self, principal: Principal, model_id: str, archive: BinaryIO) -> Model:
-        """Unpack a zip (seekable file) into the model's files; a bad archive marks the model failed."""
-        self.awaiting_files(principal, model_id)
-        limits = ArchiveLimits(
-            max_entries=self.limits.max_files,
-            max_unpacked_bytes=self.limits.max_unpacked_bytes,
-            max_ratio=self.limits.max_unpack_ratio,
-        )
-        try:
-            files = unpack_zip(archive, self.blobs, limits)
-            return self.receive_files(principal, model_id, files)
-        except (InvalidInput, PayloadTooLarge):
-            self.store.update_model(model_id, state="failed")
-            raise
 
     def list_matching(
         self,

@@ -6,33 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict
 
-from ...errors import IntegrityError
 from ...records import to_json
 from ..deps import PrincipalDep, ServicesDep
 
 router = APIRouter(tags=["models"])
-
-_WRITE_BATCH = 4 * 1024 * 1024
-
-
-class ManifestEntry(BaseModel):
-    path: str
-    size: int
-    sha256: str
-
-
-class ModelCreate(BaseModel):
-    name: str
-    files: list[ManifestEntry]
-    type: str | None = None
-    summary: dict[str, Any] | None = None
-    notes: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] | None = None
-    dataset_ref: str | None = None
 
 
 class ModelUpdate(BaseModel):
@@ -46,71 +25,6 @@ class ModelUpdate(BaseModel):
     tags: list[str] | None = None
     add_tags: list[str] | None = None
     remove_tags: list[str] | None = None
-
-
-def _blob_url(request: Request, model_id: str, sha256: str) -> str:
-    return str(request.url_for("put_blob", model_id=model_id, sha256=sha256))
-
-
-@router.post("/projects/{project_id}/models", status_code=201)
-def start_upload(
-    project_id: str, body: ModelCreate, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> Any:
-    """Create a model from its manifest. The answer lists the blobs to PUT before committing."""
-    plan = services.models.start_upload(
-        principal,
-        project_id,
-        name=body.name,
-        files=[f.model_dump() for f in body.files],
-        type=body.type,
-        summary=body.summary,
-        notes=body.notes,
-        tags=body.tags,
-        metadata=body.metadata,
-        dataset_ref=body.dataset_ref,
-    )
-    return {
-        "model": to_json(plan.model),
-        "missing": [
-            {"sha256": f.sha256, "size": f.size, "url": _blob_url(request, plan.model.id, f.sha256)}
-            for f in plan.missing
-        ],
-    }
-
-
-@router.put("/models/{model_id}/blobs/{sha256}", status_code=204)
-async def put_blob(
-    model_id: str, sha256: str, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> Response:
-    """Stream one blob's bytes; they are hashed on the way and kept only if size and sha256 match."""
-    writer, size = await run_in_threadpool(services.models.open_blob, principal, model_id, sha256)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) != size:
-        writer.abort()
-        raise IntegrityError(f"Content-Length is {declared}, but the blob {sha256} has {size} bytes")
-    try:
-        pending: list[bytes] = []
-        pending_size = 0
-        async for chunk in request.stream():
-            pending.append(chunk)
-            pending_size += len(chunk)
-            if pending_size >= _WRITE_BATCH:
-                await run_in_threadpool(writer.write, b"".join(pending))
-                pending, pending_size = [], 0
-        if pending:
-            await run_in_threadpool(writer.write, b"".join(pending))
-        await run_in_threadpool(writer.commit, sha256, size)
-    except BaseException:
-        writer.abort()
-        raise
-    await run_in_threadpool(services.models.blob_received, model_id, sha256)
-    return Response(status_code=204)
-
-
-@router.post("/models/{model_id}/commit")
-def commit(model_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
-    """Check every blob and mark the model ready."""
-    return to_json(services.models.commit(principal, model_id))
 
 
 @router.get("/models")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...records import to_json
 from ..deps import PrincipalDep, ServicesDep
@@ -14,6 +14,8 @@ router = APIRouter(tags=["projects"])
 
 
 class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     tags: list[str] = Field(default_factory=list)
     repo_name: str | None = None
@@ -21,6 +23,8 @@ class ProjectCreate(BaseModel):
 
 
 class ProjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str | None = None
     tags: list[str] | None = None
 

@@ -55,7 +55,7 @@ def create_model(
 ) -> Any:
     """E1. Without ``datasetRef`` the model waits for its file (E2, E3); with it, it is ready at once."""
     project_id = projectId or services.projects.default_for_models(principal).id
-    model = services.models.create_empty(
+    model = services.uploads.create_empty(
         principal,
         project_id,
         name=name,
@@ -82,7 +82,7 @@ def presigned_upload_url(
     if not modelHandle:
         raise InvalidInput("modelHandle is required", hint="Pass the id that createModelV2 returned.")
     file_name = normalize_path(fileName or "")
-    model = services.models.awaiting_files(principal, modelHandle)
+    model = services.uploads.awaiting_files(principal, modelHandle)
     token = signer(request).sign(
         "PUT", {"mo": model.id, "f": file_name, "k": principal.key_id}, UPLOAD_URL_TTL
     )
@@ -96,7 +96,7 @@ async def receive_upload(token: str, request: Request, services: ServicesDep) ->
     principal = await run_in_threadpool(services.auth.principal_for_key, str(claims.get("k")))
     model_id, file_name = str(claims.get("mo")), str(claims.get("f"))
     # Refuse a used URL before reading a byte of the body.
-    await run_in_threadpool(services.models.awaiting_files, principal, model_id)
+    await run_in_threadpool(services.uploads.awaiting_files, principal, model_id)
     if file_name == ARCHIVE_NAME:
         model = await _receive_archive(request, services, principal, model_id)
     else:
@@ -132,7 +132,7 @@ async def _receive_file(
         writer.abort()
         raise
     received = [ModelFile(path=file_name, size=size, sha256=sha256)]
-    return await run_in_threadpool(services.models.receive_files, principal, model_id, received)
+    return await run_in_threadpool(services.uploads.receive_files, principal, model_id, received)
 
 
 async def _receive_archive(
@@ -144,7 +144,7 @@ async def _receive_archive(
     with tempfile.TemporaryFile(dir=spool_dir, prefix="gradient-upload-") as spool:
         await _pump(request, spool.write)
         await run_in_threadpool(spool.seek, 0)
-        return await run_in_threadpool(services.models.receive_zip, principal, model_id, spool)
+        return await run_in_threadpool(services.uploads.receive_zip, principal, model_id, spool)
 
 
 def _where(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,167 @@
+"""The blob index and upload staging rows of the metadata store (a mixin of SqlMetadataStore).
+
+Publishing a blob and collecting it take the same row inside one transaction, so a garbage
+collector can never delete bytes in the instant they are published again: on PostgreSQL the row
+(or the unique key of a row being inserted) is locked; on SQLite every write transaction is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, exists, insert, select, update
+
+from ..services.ports import PendingBlob
+from . import tables as t
+
+
+def _unreferenced(sha: Any) -> Any:
+    return and_(
+        ~exists().where(t.model_files.c.sha256 == sha),
+        ~exists().where(t.pending_blobs.c.sha256 == sha),
+    )
+
+
+class BlobRows:
+    engine: Engine
+
+    @staticmethod
+    def _upsert_blob(conn: Connection, sha256: str, size: int, now: datetime) -> None:
+        done = conn.execute(
+            update(t.blobs).where(t.blobs.c.sha256 == sha256).values(touched_at=now, size=size)
+        )
+        if done.rowcount == 0:
+            conn.execute(insert(t.blobs).values(sha256=sha256, size=size, created_at=now, touched_at=now))
+
+    @contextmanager
+    def publishing_blob(self, sha256: str, size: int) -> Iterator[None]:
+        """Hold blob ``sha256``'s row (created or touched) while its bytes are moved into place."""
+        with self.engine.begin() as conn:
+            self._upsert_blob(conn, sha256, size, datetime.now(UTC))
+            yield
+
+    def stored_blobs(self, shas: Iterable[str]) -> dict[str, int]:
+        """Size of each of ``shas`` the blob store holds (per the index)."""
+        wanted = sorted(set(shas))
+        found: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(t.blobs.c.sha256, t.blobs.c.size).where(t.blobs.c.sha256.in_(wanted[i : i + 500]))
+                )
+                found.update((sha, int(size)) for sha, size in rows)
+        return found
+
+    def touch_blobs(self, shas: Iterable[str]) -> None:
+        wanted = sorted(set(shas))
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            for i in range(0, len(wanted), 500):
+                conn.execute(
+                    update(t.blobs).where(t.blobs.c.sha256.in_(wanted[i : i + 500])).values(touched_at=now)
+                )
+
+    def gc_candidates(self, cutoff: datetime, limit: int) -> list[tuple[str, int]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.blobs.c.sha256, t.blobs.c.size)
+                .where(t.blobs.c.touched_at < cutoff, _unreferenced(t.blobs.c.sha256))
+                .order_by(t.blobs.c.touched_at)
+                .limit(limit)
+            )
+            return [(sha, int(size)) for sha, size in rows]
+
+    @contextmanager
+    def collecting_blob(self, sha256: str, cutoff: datetime) -> Iterator[bool]:
+        """Delete blob ``sha256``'s row if still unreferenced and untouched; yield whether it was.
+
+        The caller deletes the bytes inside the block, while the row stays locked.
+        """
+        with self.engine.begin() as conn:
+            gone = conn.execute(
+                delete(t.blobs).where(
+                    t.blobs.c.sha256 == sha256, t.blobs.c.touched_at < cutoff, _unreferenced(t.blobs.c.sha256)
+                )
+            )
+            yield gone.rowcount == 1
+
+    def blob_index(self) -> Iterator[tuple[str, int]]:
+        with self.engine.connect() as conn:
+            for sha, size in conn.execute(
+                select(t.blobs.c.sha256, t.blobs.c.size).order_by(t.blobs.c.sha256)
+            ):
+                yield sha, int(size)
+
+    # -- pending blobs of uploads ---------------------------------------------------------------
+
+    def pending(self, model_id: str) -> list[PendingBlob]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.pending_blobs)
+                .where(t.pending_blobs.c.model_id == model_id)
+                .order_by(t.pending_blobs.c.sha256)
+            )
+            return [
+                PendingBlob(sha256=r.sha256, size=int(r.size), staging_id=r.staging_id, part_size=r.part_size)
+                for r in rows
+            ]
+
+    def set_staging(self, model_id: str, sha256: str, staging_id: str, part_size: int) -> bool:
+        """Record the staging area of a pending blob, unless one was recorded first (returns False)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(t.pending_blobs)
+                .where(
+                    t.pending_blobs.c.model_id == model_id,
+                    t.pending_blobs.c.sha256 == sha256,
+                    t.pending_blobs.c.staging_id.is_(None),
+                )
+                .values(staging_id=staging_id, part_size=part_size)
+            )
+            return done.rowcount == 1
+
+    def clear_staging(self, model_id: str, sha256: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.pending_blobs)
+                .where(t.pending_blobs.c.model_id == model_id, t.pending_blobs.c.sha256 == sha256)
+                .values(staging_id=None, part_size=None)
+            )
+
+    def add_pending(self, model_id: str, blobs: Sequence[tuple[str, int]]) -> None:
+        with self.engine.begin() as conn:
+            have = set(
+                conn.scalars(select(t.pending_blobs.c.sha256).where(t.pending_blobs.c.model_id == model_id))
+            )
+            rows = [
+                {"model_id": model_id, "sha256": s, "size": n}
+                for s, n in dict(blobs).items()
+                if s not in have
+            ]
+            if rows:
+                conn.execute(insert(t.pending_blobs), rows)
+
+    def stagings_of_expired(self, cutoff: datetime) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.scalars(
+                    select(t.pending_blobs.c.staging_id)
+                    .join(t.models, t.models.c.id == t.pending_blobs.c.model_id)
+                    .where(
+                        t.models.c.state == "uploading",
+                        t.models.c.expires_at < cutoff,
+                        t.pending_blobs.c.staging_id.is_not(None),
+                    )
+                )
+            )
+
+    def all_staging_ids(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(
+                conn.scalars(
+                    select(t.pending_blobs.c.staging_id).where(t.pending_blobs.c.staging_id.is_not(None))
+                )
+            )

@@ -1,0 +1,162 @@
+"""/api/v1 uploads: start (or resume) an upload, send whole blobs or parts, complete, commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from ...errors import IntegrityError
+from ...records import to_json
+from ...services.ports import BlobWriter
+from ..deps import PrincipalDep, ServicesDep
+from ..streams import consume_body
+
+router = APIRouter(tags=["uploads"])
+
+
+class ManifestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    size: int
+    sha256: str
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not silently ignored
+
+    name: str
+    files: list[ManifestEntry]
+    type: str | None = None
+    summary: dict[str, Any] | None = None
+    notes: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] | None = None
+    dataset_ref: str | None = None
+    upload_key: str | None = Field(
+        None, description="A digest of what is uploaded: the same key from the same user resumes that upload."
+    )
+
+
+@router.post("/projects/{project_id}/models", status_code=201)
+def start_upload(
+    project_id: str, body: ModelCreate, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Any:
+    """Create a model from its manifest (or resume one by ``upload_key``); list the blobs still to send.
+
+    Each missing blob says how to send it: ``url`` for one PUT of the whole blob, or ``parts_url``
+    to ask for its parts (large blobs). Then POST ``…/commit``.
+    """
+    plan = services.uploads.start(
+        principal,
+        project_id,
+        name=body.name,
+        files=[f.model_dump() for f in body.files],
+        type=body.type,
+        summary=body.summary,
+        notes=body.notes,
+        tags=body.tags,
+        metadata=body.metadata,
+        dataset_ref=body.dataset_ref,
+        upload_key=body.upload_key,
+    )
+    mid = plan.model.id
+    missing = []
+    for m in plan.missing:
+        entry: dict[str, Any] = {"sha256": m.sha256, "size": m.size}
+        if m.in_parts:
+            entry["parts_url"] = str(request.url_for("blob_parts", model_id=mid, sha256=m.sha256))
+        else:
+            entry["url"] = str(request.url_for("put_blob", model_id=mid, sha256=m.sha256))
+        missing.append(entry)
+    return {"model": to_json(plan.model), "missing": missing, "resumed": plan.resumed}
+
+
+def _write_all(writer: BlobWriter, chunks: Iterator[bytes], sha256: str, size: int) -> None:
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+        writer.commit(sha256, size)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+@router.put("/models/{model_id}/blobs/{sha256}", status_code=204)
+async def put_blob(
+    model_id: str, sha256: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Response:
+    """Stream one whole blob; it is hashed on the way and kept only if size and sha256 match."""
+    writer, size = await run_in_threadpool(services.uploads.open_blob, principal, model_id, sha256)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) != size:
+        writer.abort()
+        raise IntegrityError(f"Content-Length is {declared}, but the blob {sha256} has {size} bytes")
+    await consume_body(request, lambda chunks: _write_all(writer, chunks, sha256, size))
+    await run_in_threadpool(services.uploads.blob_received, model_id, sha256)
+    return Response(status_code=204)
+
+
+@router.post("/models/{model_id}/blobs/{sha256}/parts")
+def blob_parts(
+    model_id: str, sha256: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Any:
+    """The parts of a large blob (opening its staging area on first call) and which have arrived.
+
+    A part with a ``url`` goes straight to the object store; without one, PUT it to this server at
+    ``…/parts/{number}``. Parts may be sent in any order and at the same time.
+    """
+    plan = services.uploads.parts(principal, model_id, sha256)
+    parts = []
+    for p in plan.parts:
+        url = p.url or str(
+            request.url_for("put_part", model_id=model_id, sha256=plan.sha256, number=p.number)
+        )
+        parts.append(
+            {"number": p.number, "offset": p.offset, "size": p.size, "received": p.received, "url": url}
+        )
+    complete = str(request.url_for("complete_blob", model_id=model_id, sha256=plan.sha256))
+    return {
+        "sha256": plan.sha256,
+        "size": plan.size,
+        "part_size": plan.part_size,
+        "parts": parts,
+        "complete_url": complete,
+    }
+
+
+@router.put("/models/{model_id}/blobs/{sha256}/parts/{number}", status_code=204)
+async def put_part(
+    model_id: str,
+    sha256: str,
+    number: int,
+    request: Request,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    x_part_sha256: Annotated[str | None, Header()] = None,
+) -> Response:
+    """One part's bytes; with an ``X-Part-Sha256`` header the part itself is checked too."""
+    await consume_body(
+        request,
+        lambda chunks: services.uploads.write_part(
+            principal, model_id, sha256, number, chunks, x_part_sha256
+        ),
+    )
+    return Response(status_code=204)
+
+
+@router.post("/models/{model_id}/blobs/{sha256}/complete", status_code=204)
+def complete_blob(model_id: str, sha256: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+    """All parts arrived: verify the whole blob (size, sha256) and keep it."""
+    services.uploads.complete_blob(principal, model_id, sha256)
+    return Response(status_code=204)
+
+
+@router.post("/models/{model_id}/commit")
+def commit(model_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
+    """Check every blob and mark the model ready."""
+    return to_json(services.uploads.commit(principal, model_id))

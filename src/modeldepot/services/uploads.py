@@ -1,0 +1,380 @@
+"""Uploads: how a model's files get in, verified, resumable and deduplicated.
+
+The native protocol (DESIGN.md "Transfers"):
+
+1. :meth:`UploadService.start` takes the model's metadata and manifest (path, size, sha256) and
+   answers with the blobs still to send. Content already stored counts as sent only when this key can
+   read it in some model already, so knowing a digest never grants access to bytes. A client that
+   sends an ``upload_key`` (a digest of what it is uploading) and is interrupted gets the same model
+   back when it runs again, with what is still missing: that is how an upload resumes.
+2. Small blobs are sent whole (:meth:`open_blob`); large ones in parts into a staging area of the
+   blob store (:meth:`parts`, :meth:`write_part`, or straight to the object store through presigned
+   URLs), in any order and several at a time; a part that arrived is never asked for again.
+   :meth:`complete_blob` verifies size and sha256 of the whole and moves it into place.
+3. :meth:`commit` checks that nothing is pending and every blob is stored, then marks the model
+   ``ready`` in one statement.
+
+The Gradient CLI's flow (a model first, its single file or ``model.zip`` later) is at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+from ..errors import Conflict, IntegrityError, InvalidInput, NotFound, PayloadTooLarge
+from ..records import Model, ModelFile
+from . import ids, validation
+from .archives import ArchiveLimits, unpack_zip
+from .auth import Principal
+from .models import Limits, ModelService, check_manifest, detect_type
+from .ports import BlobStore, BlobWriter, MetadataStore, NewModel, PendingBlob
+
+log = logging.getLogger(__name__)
+
+GRADIENT_METADATA_FILE = "gradient-model-metadata.json"
+_MAX_METADATA_FILE = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingBlob:
+    sha256: str
+    size: int
+    in_parts: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadPlan:
+    """The answer to starting (or resuming) an upload: the model and the blobs still to send."""
+
+    model: Model
+    missing: tuple[MissingBlob, ...]
+    resumed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    number: int  # from 1
+    offset: int
+    size: int
+    received: bool
+    url: str | None  # where to PUT it directly (object store), or None: send it to the server
+
+
+@dataclasses.dataclass(frozen=True)
+class PartPlan:
+    sha256: str
+    size: int
+    part_size: int
+    parts: tuple[Part, ...]
+
+
+class UploadService:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, models: ModelService, limits: Limits):
+        self.store = store
+        self.blobs = blobs
+        self.models = models
+        self.limits = limits
+
+    # -- 1. start or resume ------------------------------------------------------------------------
+
+    def start(
+        self,
+        principal: Principal,
+        project_id: str,
+        *,
+        name: Any,
+        files: Any,
+        type: Any = None,
+        summary: Any = None,
+        notes: Any = None,
+        tags: Any = None,
+        metadata: Any = None,
+        dataset_ref: Any = None,
+        upload_key: Any = None,
+        source: str = "upload",
+    ) -> UploadPlan:
+        """Create a model in state ``uploading`` from its manifest, or resume the one ``upload_key`` names."""
+        principal.require(project_id, "editor")
+        if self.store.get_project(project_id) is None:
+            raise NotFound(f"Project {project_id} not found")
+        key = validation.sha256(upload_key) if upload_key is not None else None
+        manifest = check_manifest(files, self.limits.max_files)
+        if key is not None:
+            earlier = self.store.find_upload(project_id, key, principal.user)
+            if earlier is not None:
+                model = self.models.get(principal, earlier, with_files=True)
+                if {(f.path, f.size, f.sha256) for f in model.files or ()} == {
+                    (f.path, f.size, f.sha256) for f in manifest
+                }:
+                    self.store.touch_blobs(f.sha256 for f in manifest)
+                    return UploadPlan(model=model, missing=self._missing(model.id), resumed=True)
+        now = datetime.now(UTC)
+        readable = self.store.visible_blobs(principal.visible_projects(), {f.sha256 for f in manifest})
+        stored = self.store.stored_blobs(readable)
+        missing: dict[str, int] = {}
+        for f in manifest:
+            if f.sha256 in stored:
+                if stored[f.sha256] == f.size:
+                    continue
+                raise IntegrityError(
+                    f"{f.path!r} is declared as {f.size} bytes, but its content (sha256 {f.sha256}) "
+                    f"has {stored[f.sha256]} bytes",
+                    hint="Hash the file again: it may have changed.",
+                )
+            missing.setdefault(f.sha256, f.size)
+        new = NewModel(
+            id=ids.model_id(),
+            project_id=project_id,
+            name=validation.name(name, "Model name"),
+            type=validation.model_type(type)
+            if type not in (None, "")
+            else detect_type(f.path for f in manifest),
+            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
+            notes=validation.text(notes, "Notes", self.limits.max_notes),
+            tags=validation.tags(tags),
+            metadata=validation.json_object(metadata, "Metadata", self.limits.max_metadata_bytes),
+            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
+            source=source,
+            created_at=now,
+            created_by=principal.user,
+            expires_at=now + self.limits.upload_expiry,
+            files=manifest,
+            pending=tuple(missing.items()),
+            upload_key=key,
+        )
+        model = self.store.create_model(new)
+        return UploadPlan(
+            model=self.models.get(principal, model.id, with_files=False), missing=self._missing(model.id)
+        )
+
+    def _missing(self, model_id: str) -> tuple[MissingBlob, ...]:
+        return tuple(
+            MissingBlob(sha256=p.sha256, size=p.size, in_parts=p.size > self.limits.part_threshold)
+            for p in self.store.pending(model_id)
+        )
+
+    def _uploading(self, principal: Principal, model_id: str) -> Model:
+        model = self.models.get(principal, model_id, with_files=False)
+        principal.require(model.project_id, "editor")
+        if model.state != "uploading":
+            raise Conflict(f"Model {model_id} is {model.state}, not uploading; its files cannot change")
+        return model
+
+    def _pending(self, principal: Principal, model_id: str, sha256: str) -> PendingBlob:
+        model = self._uploading(principal, model_id)
+        digest = validation.sha256(sha256)
+        found = next((p for p in self.store.pending(model.id) if p.sha256 == digest), None)
+        if found is None:
+            if any(f.sha256 == digest for f in self.store.model_files(model.id)):
+                raise Conflict(f"Blob {digest} of model {model_id} has already been received")
+            raise NotFound(f"Model {model_id} has no file with sha256 {digest} in its manifest")
+        return found
+
+    # -- 2. sending blobs --------------------------------------------------------------------------
+
+    def open_blob(self, principal: Principal, model_id: str, sha256: str) -> tuple[BlobWriter, int]:
+        """A writer for one whole blob of an uploading model, and the size it must have."""
+        pending = self._pending(principal, model_id, sha256)
+        return self.blobs.writer(), pending.size
+
+    def blob_received(self, model_id: str, sha256: str) -> None:
+        """Record that a blob of an upload arrived whole (after its writer committed)."""
+        self.store.mark_received(model_id, sha256)
+
+    def parts(self, principal: Principal, model_id: str, sha256: str, *, url_ttl: int = 3600) -> PartPlan:
+        """The parts of a large blob and which of them arrived; opens the staging area on first use."""
+        pending = self._pending(principal, model_id, sha256)
+        staging_id, part_size = pending.staging_id, pending.part_size
+        if staging_id is None or part_size is None:
+            part_size = self.limits.part_size
+            staging_id = self.blobs.begin_staging(pending.size)
+            if not self.store.set_staging(model_id, pending.sha256, staging_id, part_size):
+                # Another request opened one first: use that one.
+                self.blobs.abort_staging(staging_id)
+                return self.parts(principal, model_id, sha256, url_ttl=url_ttl)
+        received = self.blobs.received_parts(staging_id)
+        count = max(1, math.ceil(pending.size / part_size))
+        parts = []
+        for number in range(1, count + 1):
+            offset = (number - 1) * part_size
+            size = min(part_size, pending.size - offset)
+            done = received.get(number) == size
+            url = None if done else self.blobs.presign_part(staging_id, number, url_ttl)
+            parts.append(Part(number=number, offset=offset, size=size, received=done, url=url))
+        return PartPlan(sha256=pending.sha256, size=pending.size, part_size=part_size, parts=tuple(parts))
+
+    def write_part(
+        self,
+        principal: Principal,
+        model_id: str,
+        sha256: str,
+        number: int,
+        chunks: Iterable[bytes],
+        part_sha256: str | None = None,
+    ) -> None:
+        """Store one part sent through the server (the local blob store's way)."""
+        pending = self._pending(principal, model_id, sha256)
+        if pending.staging_id is None or pending.part_size is None:
+            raise Conflict("Ask for the part plan first (POST …/parts), then send the parts")
+        count = max(1, math.ceil(pending.size / pending.part_size))
+        if not 1 <= number <= count:
+            raise InvalidInput(f"Part {number} does not exist: blob {pending.sha256} has parts 1 to {count}")
+        offset = (number - 1) * pending.part_size
+        size = min(pending.part_size, pending.size - offset)
+        digest = validation.sha256(part_sha256) if part_sha256 is not None else None
+        self.blobs.write_part(pending.staging_id, number, offset, size, chunks, digest)
+
+    def complete_blob(self, principal: Principal, model_id: str, sha256: str) -> None:
+        """All parts are in: verify the whole blob, move it into place, and tick it off."""
+        pending = self._pending(principal, model_id, sha256)
+        if pending.staging_id is None or pending.part_size is None:
+            raise Conflict(f"No part of blob {pending.sha256} has been sent yet")
+        plan = self.parts(principal, model_id, sha256)
+        absent = [p.number for p in plan.parts if not p.received]
+        if absent:
+            raise Conflict(
+                f"{len(absent)} part(s) of blob {pending.sha256} have not arrived, e.g. part {absent[0]}",
+                hint="Send them, then complete again.",
+                extra={"missing_parts": absent[:1000]},
+            )
+        try:
+            self.blobs.finish_staging(pending.staging_id, pending.sha256, pending.size)
+        except IntegrityError:
+            # The staging area is gone with the bad bytes: the blob must be sent again from scratch.
+            self.store.clear_staging(model_id, pending.sha256)
+            raise
+        self.store.mark_received(model_id, pending.sha256)
+
+    # -- 3. commit ---------------------------------------------------------------------------------
+
+    def commit(self, principal: Principal, model_id: str) -> Model:
+        """Check every blob is received and stored with the right size, then mark the model ready."""
+        model = self._uploading(principal, model_id)
+        files = self.store.model_files(model.id)
+        pending = {p.sha256 for p in self.store.pending(model.id)}
+        stored = self.store.stored_blobs(f.sha256 for f in files)
+        absent = [f for f in files if f.sha256 in pending or stored.get(f.sha256) != f.size]
+        if absent:
+            if not pending:
+                # Stored content went away (collected) after the upload started: ask for it again.
+                self.store.add_pending(model.id, [(f.sha256, f.size) for f in absent])
+            raise Conflict(
+                f"{len(absent)} file(s) of model {model_id} have not been uploaded yet, e.g. {absent[0].path!r}",
+                hint="Upload the missing blobs, then commit again (re-running the upload does this).",
+                extra={"missing": sorted({f.sha256 for f in absent})[:1000]},
+            )
+        metadata = dict(model.metadata)
+        top = next((f for f in files if f.path == GRADIENT_METADATA_FILE), None)
+        if top is not None and top.size <= _MAX_METADATA_FILE:
+            metadata = {**self._read_json(top.sha256), **metadata}
+        self.store.update_model(model.id, state="ready", expires_at=None, metadata=metadata)
+        return self.models.get(principal, model.id)
+
+    def _read_json(self, sha256: str) -> dict[str, Any]:
+        try:
+            value = json.loads(b"".join(self.blobs.read(sha256)))
+        except ValueError:
+            log.warning("ignoring %s: not valid JSON", GRADIENT_METADATA_FILE)
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def abort_expired(self) -> int:
+        """Remove uploads whose time ran out, with their staging areas. Their blobs stay for gc."""
+        now = datetime.now(UTC)
+        for staging_id in self.store.stagings_of_expired(now):
+            self.blobs.abort_staging(staging_id)
+        expired = self.store.expired_uploads(now)
+        for model_id in expired:
+            self.store.delete_model(model_id)
+        return len(expired)
+
+    # -- models created first and given their files later (the Gradient CLI's upload) ---------------
+
+    def create_empty(
+        self,
+        principal: Principal,
+        project_id: str,
+        *,
+        name: Any,
+        type: Any = None,
+        summary: Any = None,
+        notes: Any = None,
+        tags: Any = None,
+        dataset_ref: Any = None,
+        ready: bool = False,
+    ) -> Model:
+        """A model with no files yet: ``uploading`` until :meth:`receive_files`, or ``ready`` at once.
+
+        ``ready`` is for models that only reference a dataset (``gradient models create --datasetRef``).
+        Without a type the model is ``Custom``: the type is not detected later.
+        """
+        principal.require(project_id, "editor")
+        if self.store.get_project(project_id) is None:
+            raise NotFound(f"Project {project_id} not found")
+        now = datetime.now(UTC)
+        new = NewModel(
+            id=ids.model_id(),
+            project_id=project_id,
+            name=validation.name(name, "Model name"),
+            type=validation.model_type(type) if type not in (None, "") else "Custom",
+            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
+            notes=validation.text(notes, "Notes", self.limits.max_notes),
+            tags=validation.tags(tags),
+            metadata={},
+            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
+            source="dataset" if dataset_ref and ready else "upload",
+            created_at=now,
+            created_by=principal.user,
+            expires_at=None if ready else now + self.limits.upload_expiry,
+            files=(),
+            state="ready" if ready else "uploading",
+        )
+        model = self.store.create_model(new)
+        return self.models.get(principal, model.id, with_files=False)
+
+    def awaiting_files(self, principal: Principal, model_id: str) -> Model:
+        """The model if it may still receive its files: uploading, with none yet, and the key an editor."""
+        model = self.models.get(principal, model_id, with_files=False)
+        principal.require(model.project_id, "editor")
+        if model.state != "uploading" or model.file_count:
+            raise Conflict(
+                f"Model {model_id} is {model.state} and already has its files; an upload URL works only once",
+                hint="Upload again to create a new model.",
+            )
+        return model
+
+    def receive_files(self, principal: Principal, model_id: str, files: Sequence[ModelFile]) -> Model:
+        """Give a model made by :meth:`create_empty` its files (already in the blob store); mark it ready."""
+        model = self.awaiting_files(principal, model_id)
+        manifest = check_manifest(list(files), self.limits.max_files)
+        stored = self.store.stored_blobs(f.sha256 for f in manifest)
+        for f in manifest:
+            if stored.get(f.sha256) != f.size:
+                raise IntegrityError(f"The content of {f.path!r} is not stored with {f.size} bytes")
+        if not self.store.attach_files(model.id, manifest):
+            raise Conflict(
+                f"Model {model_id} already received its files; an upload URL works only once",
+                hint="Upload again to create a new model.",
+            )
+        return self.commit(principal, model.id)
+
+    def receive_zip(self, principal: Principal, model_id: str, archive: BinaryIO) -> Model:
+        """Unpack a zip (seekable file) into the model's files; a bad archive marks the model failed."""
+        self.awaiting_files(principal, model_id)
+        limits = ArchiveLimits(
+            max_entries=self.limits.max_files,
+            max_unpacked_bytes=self.limits.max_unpacked_bytes,
+            max_ratio=self.limits.max_unpack_ratio,
+        )
+        try:
+            files = unpack_zip(archive, self.blobs, limits)
+            return self.receive_files(principal, model_id, files)
+        except (InvalidInput, PayloadTooLarge):
+            self.store.update_model(model_id, state="failed")
+            raise
