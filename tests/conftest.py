@@ -14,7 +14,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -93,16 +95,9 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Iterator[RunningServer]:
-    """A real modeldepot server on a free port, in a thread of this process."""
-    settings = Settings(
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        bootstrap_admin_key=ADMIN_KEY,
-    )
+@contextmanager
+def running_server(settings: Settings) -> Iterator[RunningServer]:
+    """Serve ``settings`` on a free port in a thread of this process (stopped on exit)."""
     app = create_app(settings)
     app.state.services.auth.bootstrap(ADMIN_KEY)
     # IPPROTO_TCP so that asyncio sets TCP_NODELAY (else keep-alive requests stall ~40 ms).
@@ -125,6 +120,24 @@ def server(database_url: str, tmp_path: Path) -> Iterator[RunningServer]:
         srv.should_exit = True
         thread.join(timeout=20)
         sock.close()
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        database_url=database_url,
+        bootstrap_admin_key=ADMIN_KEY,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    """A real modeldepot server on a free port, in a thread of this process."""
+    with running_server(make_settings(database_url, tmp_path / "data")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
         description="sqlite:///PATH or postgresql://USER@HOST/DB. Default: SQLite in the data directory.",
     )
     blob_url: str | None = Field(
-        None, description="file:///PATH for local blobs. Default: the blobs/ folder of the data directory."
+        None,
+        description="file:///PATH for local blobs, or s3://BUCKET/PREFIX?endpoint=URL&region=R for an "
+        "S3-compatible store (credentials from the AWS environment). Default: the blobs/ folder of the data directory.",
     )
     public_url: str | None = Field(
         None, description="The URL clients reach this server at, when it differs from http://HOST:PORT."
@@ -58,6 +60,19 @@ class Settings(BaseSettings):
     max_summary_bytes: int = Field(64 * 1024, ge=256, description="Largest model summary, as JSON.")
     max_metadata_bytes: int = Field(1024 * 1024, ge=256, description="Largest model metadata, as JSON.")
     max_files_per_model: int = Field(200_000, ge=1, description="Most files one model may hold.")
+    upload_part_size: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Files larger than this are uploaded in parts of this size (S3 stores need 5 MiB or more).",
+    )
+    gc_interval_seconds: int = Field(
+        3600,
+        ge=0,
+        description="How often the server collects unreferenced blobs and expired uploads (0: never).",
+    )
+    gc_grace_seconds: int = Field(
+        3600, ge=0, description="An unreferenced blob is collected only once nobody touched it for this long."
+    )
     signing_secret: SecretStr | None = Field(
         None,
         min_length=16,

@@ -9,7 +9,7 @@ import click
 
 from .._version import __version__
 from ..errors import ModeldepotError
-from . import aliases, keys, models, projects, serve
+from . import admin, aliases, keys, models, projects, serve
 from .context import make_client, save_login, settings
 from .output import emit_json, err_console, fields, json_option
 
@@ -95,6 +95,8 @@ cli.add_command(projects.group)
 cli.add_command(models.group)
 cli.add_command(aliases.group)
 cli.add_command(keys.group)
+cli.add_command(admin.gc)
+cli.add_command(admin.fsck)
 
 
 def main() -> None:

@@ -207,6 +207,24 @@ def download(model_id: str, dest: Path, as_json: bool) -> None:
         click.echo(f"Downloaded {len(written)} file(s) to {dest}")
 
 
+@group.command("archive")
+@click.argument("model_id")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--format", "format_", type=click.Choice(["zip", "tar"]), default="zip", show_default=True)
+@json_option
+def archive(model_id: str, dest: Path, format_: str, as_json: bool) -> None:
+    """Save a whole model as one zip or tar file.
+
+    \b
+    Example:
+      modeldepot models archive mo… resnet.tar --format tar
+    """
+    path = make_client().download_archive(
+        model_id, dest, format=format_, progress=Bar(enabled=None if not as_json else False)
+    )
+    emit_json({"archive": str(path)}) if as_json else click.echo(f"Saved {path}")
+
+
 @group.command("rename")
 @click.argument("model_id")
 @click.argument("name")

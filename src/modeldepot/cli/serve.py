@@ -27,7 +27,7 @@ import click
 @click.option(
     "--blob-url",
     default=None,
-    help="Where file bytes go: file:///PATH [MODELDEPOT_BLOB_URL, default DATA_DIR/blobs].",
+    help="Where file bytes go: file:///PATH or s3://BUCKET/PREFIX?endpoint=URL [MODELDEPOT_BLOB_URL, default DATA_DIR/blobs].",
 )
 def serve(**options: Any) -> None:
     """Run the modeldepot server.

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from ..errors import ConnectionFailed, IntegrityError, error_from_problem
+from ..errors import ConnectionFailed, error_from_problem
 from ..records import Alias, ApiKey, Model, ModelFile, NewApiKey, Page, Project
 from . import transfer
+from .downloader import Downloader
 from .uploader import Uploader
 
 
@@ -241,52 +240,58 @@ class Client:
         """Download every file of a model under ``dest``; each is verified against its sha256.
 
         A file is written as ``NAME.part`` and renamed only once its hash matches; files already
-        present with the right hash are kept as they are.
+        present with the right hash are kept; an interrupted download resumes when run again.
         """
+        return Downloader(self, progress or _NoProgress()).run(model_id, Path(dest))
+
+    def download_archive(
+        self,
+        model_id: str,
+        dest: str | os.PathLike[str],
+        *,
+        format: str = "zip",
+        progress: Progress | None = None,
+    ) -> Path:
+        """Save every file of a model as one zip or tar archive at ``dest``."""
         bar = progress or _NoProgress()
-        files = self.list_files(model_id)
-        root = Path(dest)
-        targets = [(f, transfer.safe_target(root, f.path)) for f in files]
-        bar.start("downloading", sum(f.size for f in files))
-        written: list[Path] = []
-
-        def fetch(item: tuple[ModelFile, Path]) -> Path:
-            f, target = item
-            if (
-                target.is_file()
-                and target.stat().st_size == f.size
-                and transfer.sha256_file(target) == f.sha256
-            ):
-                bar.advance(f.size)
-                return target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(target.name + ".part")
-            digest = hashlib.sha256()
-            url = f"/models/{_seg(model_id)}/files/{_seg(f.path, safe='/')}"
-            try:
-                with self._http.stream("GET", url, timeout=httpx.Timeout(None, connect=10.0)) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        self._raise_for(response)
-                    with part.open("wb") as out:
-                        for chunk in response.iter_bytes(transfer.CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            bar.advance(len(chunk))
-            except httpx.TransportError as exc:
-                raise ConnectionFailed(f"Download of {f.path} from {self.url} failed: {exc}") from exc
-            if digest.hexdigest() != f.sha256:
-                part.unlink(missing_ok=True)
-                raise IntegrityError(f"{f.path} arrived corrupted (sha256 mismatch); it was not kept")
-            os.replace(part, target)
-            return target
-
+        target = Path(dest)
+        part = target.with_name(target.name + ".part")
+        bar.start("downloading", self.get_model(model_id).size)
         try:
-            with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-                written = list(pool.map(fetch, targets))
+            with self._http.stream(
+                "GET",
+                f"/models/{_seg(model_id)}/archive",
+                params={"format": format},
+                timeout=httpx.Timeout(None, connect=10.0),
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for(response)
+                with part.open("wb") as out:
+                    for chunk in response.iter_bytes(transfer.CHUNK):
+                        out.write(chunk)
+                        bar.advance(len(chunk))
+        except httpx.TransportError as exc:
+            part.unlink(missing_ok=True)
+            raise ConnectionFailed(f"Download of the archive was cut off: {exc}") from exc
         finally:
             bar.finish()
-        return written
+        os.replace(part, target)
+        return target
+
+    # -- storage maintenance (global admin) --------------------------------------------------------
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: int | None = None) -> dict[str, Any]:
+        """Reclaim blobs no model needs and remove expired uploads; ``dry_run`` only reports."""
+        result: dict[str, Any] = self._json(
+            "POST", "/admin/gc", json={"dry_run": dry_run, "grace_seconds": grace_seconds}
+        )
+        return result
+
+    def fsck(self) -> dict[str, Any]:
+        """Re-hash every stored blob on the server; ``ok`` is False if any is missing or corrupt."""
+        result: dict[str, Any] = self._json("POST", "/admin/fsck", timeout=httpx.Timeout(None, connect=10.0))
+        return result
 
     def _raise_for(self, response: httpx.Response) -> None:
         try:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,11 @@ from . import transfer
 
 if TYPE_CHECKING:
     from .client import Client, Progress
+
+# Blobs up to this size travel many to a request, in batches of up to BATCH_BYTES / BATCH_COUNT.
+SMALL_BLOB = 4 * 1024 * 1024
+BATCH_BYTES = 32 * 1024 * 1024
+BATCH_COUNT = 250
 
 # Errors after which the half-made model is kept so that running the same upload again resumes it.
 RESUMABLE = (ConnectionFailed, ServerError, KeyboardInterrupt)
@@ -92,12 +98,22 @@ class Uploader:
         try:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
                 futures: list[Future[None]] = []
+                batch: list[dict[str, Any]] = []
+                batch_bytes = 0
                 for item, parts in plans:
                     local = local_of[item["sha256"]]
-                    if parts is None:
-                        futures.append(pool.submit(self._put_whole, item, local))
-                    else:
+                    if parts is not None:
                         futures += self._put_parts(pool, parts, local)
+                    elif item["size"] <= SMALL_BLOB:
+                        if batch and (batch_bytes + item["size"] > BATCH_BYTES or len(batch) >= BATCH_COUNT):
+                            futures.append(pool.submit(self._put_batch, batch, local_of))
+                            batch, batch_bytes = [], 0
+                        batch.append(item)
+                        batch_bytes += item["size"]
+                    else:
+                        futures.append(pool.submit(self._put_whole, item, local))
+                if batch:
+                    futures.append(pool.submit(self._put_batch, batch, local_of))
                 try:
                     for future in as_completed(futures):
                         future.result()
@@ -115,6 +131,22 @@ class Uploader:
             item["url"],
             content=transfer.read_chunks(local, size, self.bar.advance),
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            timeout=httpx.Timeout(None, connect=10.0),
+        )
+
+    def _put_batch(self, items: list[dict[str, Any]], local_of: dict[str, Path]) -> None:
+        def frames() -> Iterator[bytes]:
+            for item in items:
+                yield f"{item['sha256']} {item['size']}\n".encode()
+                yield from transfer.read_chunks(local_of[item["sha256"]], int(item["size"]), self.bar.advance)
+
+        length = sum(len(f"{i['sha256']} {i['size']}\n") + int(i["size"]) for i in items)
+        model_url = items[0]["url"].rsplit("/", 1)[0]  # …/models/{id}/blobs
+        self.client._request(
+            "POST",
+            model_url,
+            content=frames(),
+            headers={"Content-Length": str(length), "Content-Type": "application/x-modeldepot-blobs"},
             timeout=httpx.Timeout(None, connect=10.0),
         )
 

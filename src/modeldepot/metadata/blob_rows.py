@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, exists, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..services.ports import PendingBlob
 from . import tables as t
@@ -30,11 +32,11 @@ class BlobRows:
 
     @staticmethod
     def _upsert_blob(conn: Connection, sha256: str, size: int, now: datetime) -> None:
-        done = conn.execute(
-            update(t.blobs).where(t.blobs.c.sha256 == sha256).values(touched_at=now, size=size)
-        )
-        if done.rowcount == 0:
-            conn.execute(insert(t.blobs).values(sha256=sha256, size=size, created_at=now, touched_at=now))
+        # INSERT … ON CONFLICT: two publishers of the same content at once both succeed (and wait
+        # for each other, and for a collector holding the row).
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        stmt = dialect_insert(t.blobs).values(sha256=sha256, size=size, created_at=now, touched_at=now)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[t.blobs.c.sha256], set_={"touched_at": now}))
 
     @contextmanager
     def publishing_blob(self, sha256: str, size: int) -> Iterator[None]:
@@ -97,6 +99,10 @@ class BlobRows:
 
     # -- pending blobs of uploads ---------------------------------------------------------------
 
+    @staticmethod
+    def _pending(r: Any) -> PendingBlob:
+        return PendingBlob(sha256=r.sha256, size=int(r.size), staging_id=r.staging_id, part_size=r.part_size)
+
     def pending(self, model_id: str) -> list[PendingBlob]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -104,10 +110,16 @@ class BlobRows:
                 .where(t.pending_blobs.c.model_id == model_id)
                 .order_by(t.pending_blobs.c.sha256)
             )
-            return [
-                PendingBlob(sha256=r.sha256, size=int(r.size), staging_id=r.staging_id, part_size=r.part_size)
-                for r in rows
-            ]
+            return [self._pending(r) for r in rows]
+
+    def get_pending(self, model_id: str, sha256: str) -> PendingBlob | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(t.pending_blobs).where(
+                    t.pending_blobs.c.model_id == model_id, t.pending_blobs.c.sha256 == sha256
+                )
+            ).first()
+        return None if r is None else self._pending(r)
 
     def set_staging(self, model_id: str, sha256: str, staging_id: str, part_size: int) -> bool:
         """Record the staging area of a pending blob, unless one was recorded first (returns False)."""

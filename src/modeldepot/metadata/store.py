@@ -296,13 +296,16 @@ class SqlMetadataStore(BlobRows):
                 .limit(1)
             )
 
-    def mark_received(self, model_id: str, sha256: str) -> None:
+    def mark_received(self, model_id: str, *shas: str) -> None:
+        wanted = sorted(set(shas))
         with self._tx() as conn:
-            conn.execute(
-                delete(t.pending_blobs).where(
-                    t.pending_blobs.c.model_id == model_id, t.pending_blobs.c.sha256 == sha256
+            for i in range(0, len(wanted), 500):
+                conn.execute(
+                    delete(t.pending_blobs).where(
+                        t.pending_blobs.c.model_id == model_id,
+                        t.pending_blobs.c.sha256.in_(wanted[i : i + 500]),
+                    )
                 )
-            )
 
     _MODEL_COLS = (
         t.models.c.seq,

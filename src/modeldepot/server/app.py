@@ -20,7 +20,7 @@ from ..services.container import Services
 from ..services.models import Limits
 from ..services.signing import UrlSigner
 from . import problems
-from .api import aliases, keys, meta, models, projects, uploads
+from .api import admin, aliases, keys, meta, models, projects, uploads
 from .gradient import router as gradient_router
 from .limits import BodyLimit
 
@@ -45,12 +45,15 @@ def create_app(settings: Settings) -> FastAPI:
             max_summary_bytes=settings.max_summary_bytes,
             max_metadata_bytes=settings.max_metadata_bytes,
             max_files=settings.max_files_per_model,
+            part_threshold=settings.upload_part_size,
+            part_size=settings.upload_part_size,
+            gc_grace=timedelta(seconds=settings.gc_grace_seconds),
         ),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_cleanup_loop(services))
+        task = asyncio.create_task(_cleanup_loop(services, float(settings.gc_interval_seconds)))
         try:
             yield
         finally:
@@ -72,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     app.state.store = store
     problems.install(app)
-    for module in (meta, projects, uploads, models, aliases, keys):
+    for module in (meta, projects, uploads, models, aliases, keys, admin):
         app.include_router(module.router, prefix="/api/v1")
     # The Gradient CLI's routes live at the root: PAPERSPACE_CONFIG_HOST=http://HOST:PORT.
     app.state.url_signer = UrlSigner(settings.resolved_signing_secret())
@@ -86,12 +89,26 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _cleanup_loop(services: Services) -> None:
+async def _cleanup_loop(services: Services, gc_interval: float) -> None:
+    """Expired uploads every minute; the garbage collector every ``gc_interval`` seconds (0: never)."""
+    since_gc = 0.0
     while True:
         try:
-            removed = await run_in_threadpool(services.uploads.abort_expired)
-            if removed:
-                log.info("removed %d abandoned upload(s)", removed)
+            if gc_interval and since_gc >= gc_interval:
+                since_gc = 0.0
+                report = await run_in_threadpool(services.maintenance.collect)
+                if report.blobs_deleted or report.uploads_expired:
+                    log.info(
+                        "gc: %d blob(s), %d bytes reclaimed; %d expired upload(s) removed",
+                        report.blobs_deleted,
+                        report.bytes_reclaimed,
+                        report.uploads_expired,
+                    )
+            else:
+                removed = await run_in_threadpool(services.uploads.abort_expired)
+                if removed:
+                    log.info("removed %d abandoned upload(s)", removed)
         except Exception:
-            log.exception("cleanup of abandoned uploads failed")
+            log.exception("storage cleanup failed")
         await asyncio.sleep(CLEANUP_INTERVAL_SECONDS)
+        since_gc += CLEANUP_INTERVAL_SECONDS

@@ -17,7 +17,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def streams_to_disk(scope: Scope) -> bool:
     """Requests whose bodies are file bytes streamed to the blob store, not JSON."""
-    return scope["method"] == "PUT" and ("/blobs/" in scope["path"] or "/gradient-upload/" in scope["path"])
+    path = scope["path"]
+    if scope["method"] == "POST":
+        return path.startswith("/api/v1/models/") and path.endswith("/blobs")
+    return scope["method"] == "PUT" and ("/blobs/" in path or "/gradient-upload/" in path)
 
 
 class BodyLimit:

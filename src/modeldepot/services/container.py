@@ -6,6 +6,7 @@ import dataclasses
 
 from .aliases import AliasService
 from .auth import AuthService
+from .maintenance import Maintenance
 from .models import Limits, ModelService
 from .ports import BlobStore, MetadataStore
 from .projects import ProjectService
@@ -19,15 +20,18 @@ class Services:
     models: ModelService
     uploads: UploadService
     aliases: AliasService
+    maintenance: Maintenance
 
     @classmethod
     def build(cls, store: MetadataStore, blobs: BlobStore, limits: Limits | None = None) -> Services:
         limits = limits or Limits()
         models = ModelService(store, blobs, limits)
+        uploads = UploadService(store, blobs, models, limits)
         return cls(
             auth=AuthService(store),
             projects=ProjectService(store),
             models=models,
-            uploads=UploadService(store, blobs, models, limits),
+            uploads=uploads,
             aliases=AliasService(store, models),
+            maintenance=Maintenance(store, blobs, uploads, limits.gc_grace),
         )

@@ -36,6 +36,8 @@ class Limits:
     # Blobs larger than this are sent in parts of part_size (S3 needs parts of at least 5 MiB).
     part_threshold: int = 64 * 1024 * 1024
     part_size: int = 64 * 1024 * 1024
+    # The collector leaves an unreferenced blob alone until it has been untouched this long.
+    gc_grace: timedelta = timedelta(hours=1)
 
 
 def detect_type(paths: Iterable[str]) -> str:

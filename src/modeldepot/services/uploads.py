@@ -23,7 +23,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -169,7 +169,7 @@ class UploadService:
     def _pending(self, principal: Principal, model_id: str, sha256: str) -> PendingBlob:
         model = self._uploading(principal, model_id)
         digest = validation.sha256(sha256)
-        found = next((p for p in self.store.pending(model.id) if p.sha256 == digest), None)
+        found = self.store.get_pending(model.id, digest)
         if found is None:
             if any(f.sha256 == digest for f in self.store.model_files(model.id)):
                 raise Conflict(f"Blob {digest} of model {model_id} has already been received")
@@ -186,6 +186,37 @@ class UploadService:
     def blob_received(self, model_id: str, sha256: str) -> None:
         """Record that a blob of an upload arrived whole (after its writer committed)."""
         self.store.mark_received(model_id, sha256)
+
+    def receive_batch(self, principal: Principal, model_id: str, body: Iterator[bytes]) -> int:
+        """Many small blobs in one body: frames of ``<sha256 hex> <size>\\n<bytes>``, each verified.
+
+        Blobs that arrived whole are kept and ticked off even if a later frame is bad.
+        """
+        model = self._uploading(principal, model_id)
+        pending = {p.sha256: p.size for p in self.store.pending(model.id)}
+        reader = _FrameReader(body)
+        received: list[str] = []
+        try:
+            while (header := reader.header()) is not None:
+                digest, size = header
+                if pending.get(digest) != size:
+                    raise InvalidInput(
+                        f"Blob {digest} ({size} bytes) is not a pending blob of model {model_id}",
+                        hint="Send only the blobs the upload plan lists as missing.",
+                    )
+                writer = self.blobs.writer()
+                try:
+                    for chunk in reader.body(size):
+                        writer.write(chunk)
+                    writer.commit(digest, size)
+                except BaseException:
+                    writer.abort()
+                    raise
+                received.append(digest)
+        finally:
+            if received:
+                self.store.mark_received(model.id, *received)
+        return len(received)
 
     def parts(self, principal: Principal, model_id: str, sha256: str, *, url_ttl: int = 3600) -> PartPlan:
         """The parts of a large blob and which of them arrived; opens the staging area on first use."""
@@ -378,3 +409,41 @@ class UploadService:
         except (InvalidInput, PayloadTooLarge):
             self.store.update_model(model_id, state="failed")
             raise
+
+
+class _FrameReader:
+    """Reads ``<64 hex> <decimal size>\\n`` headers and the bytes that follow from a chunk stream."""
+
+    MAX_HEADER = 64 + 1 + 20 + 1
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buffer = b""
+
+    def _fill(self, n: int) -> bool:
+        while len(self._buffer) < n:
+            try:
+                self._buffer += next(self._chunks)
+            except StopIteration:
+                return False
+        return True
+
+    def header(self) -> tuple[str, int] | None:
+        self._fill(self.MAX_HEADER)
+        if not self._buffer:
+            return None
+        line, sep, _ = self._buffer[: self.MAX_HEADER].partition(b"\n")
+        digest, _, size = line.decode("ascii", "replace").partition(" ")
+        if not sep or not size.isdigit():
+            raise InvalidInput("The batch body is malformed: expected '<sha256> <size>\\n' before each blob")
+        self._buffer = self._buffer[len(line) + 1 :]
+        return validation.sha256(digest), int(size)
+
+    def body(self, size: int) -> Iterator[bytes]:
+        left = size
+        while left:
+            if not self._buffer and not self._fill(1):
+                raise IntegrityError(f"The batch body ended {left} bytes before the end of a blob")
+            piece, self._buffer = self._buffer[:left], self._buffer[left:]
+            left -= len(piece)
+            yield piece

@@ -101,6 +101,18 @@ async def put_blob(
     return Response(status_code=204)
 
 
+@router.post("/models/{model_id}/blobs")
+async def put_blobs(model_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
+    """Many small blobs in one request: frames of ``<sha256> <size>\\n`` followed by the bytes.
+
+    Saves a round trip per file for directories of many small files; each blob is still verified.
+    """
+    count = await consume_body(
+        request, lambda chunks: services.uploads.receive_batch(principal, model_id, chunks)
+    )
+    return {"received": count}
+
+
 @router.post("/models/{model_id}/blobs/{sha256}/parts")
 def blob_parts(
     model_id: str, sha256: str, request: Request, principal: PrincipalDep, services: ServicesDep

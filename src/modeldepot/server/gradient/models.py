@@ -242,4 +242,4 @@ def download(token: str, name: str, request: Request, services: ServicesDep) -> 
     """E7. The bytes of one file; the token names the model, the path and the key that signed it."""
     claims = signer(request).verify(token, "GET")
     principal = services.auth.principal_for_key(str(claims.get("k")))
-    return download_file(str(claims.get("mo")), str(claims.get("p")), principal, services)
+    return download_file(str(claims.get("mo")), str(claims.get("p")), request, principal, services)

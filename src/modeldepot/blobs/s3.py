@@ -1,0 +1,593 @@
+"""Blobs in an S3-compatible bucket (AWS S3, MinIO, SeaweedFS, Ceph): ``<prefix>/sha256/ab/cd/<hash>``.
+
+Selected by ``s3://BUCKET/PREFIX?endpoint=URL&region=NAME&addressing=path|virtual``; credentials come
+from boto3's default chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance roles).
+
+Nothing is kept in memory between calls, so any number of stateless replicas can share a bucket and
+survive restarts. Bytes never reach a final key unverified: they go to a temporary key first (a
+multipart upload), are checked against the size and sha256 they were announced with, and are then
+published by a server-side copy under ``guard`` (content smaller than one part is checked in memory
+and sent in one PUT with its Content-MD5). A staging id is ``<24 hex><UploadId in base32>``: the
+first part names the staging key ``<prefix>/staging/<24 hex>``, the second is the S3 multipart upload,
+so every replica can serve every staging without a lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from ..errors import IntegrityError, InvalidInput, StorageFull
+
+try:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+except ModuleNotFoundError:  # pragma: no cover - depends on the installed extras
+    raise ModuleNotFoundError(
+        "The s3:// blob store needs boto3: install `modeldepot[s3]`", name="boto3"
+    ) from None
+
+log = logging.getLogger("modeldepot.blobs.s3")
+
+PublishGuard = Callable[[str, int], AbstractContextManager[None]]
+
+MiB = 1024 * 1024
+PART_SIZE = 8 * MiB  # parts the writer sends; grows after every 1,000 parts (S3 allows 10,000)
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024**4  # 5 TiB
+COPY_THRESHOLD = 5 * 1024**3  # CopyObject copies up to 5 GiB in one request; above, a multipart copy
+SPOOL_SIZE = 16 * MiB  # a part sent through the server stays in memory up to this size
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_RANDOM_LEN = 24
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+_FULL = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"}
+_INTEGRITY_HINT = "The file changed or was corrupted in transit: upload it again."
+
+
+def _no_guard(sha256: str, size: int) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    """Turn an object store's "no room" answers into :class:`StorageFull`."""
+    try:
+        yield
+    except ClientError as exc:
+        if _code(exc) in _FULL:
+            raise StorageFull(
+                f"The object store refused the bytes: {_code(exc)}",
+                hint="Free space (or raise the quota) of the blob store's bucket.",
+            ) from exc
+        raise
+
+
+def _gone(staging_id: str) -> IntegrityError:
+    return IntegrityError(f"Upload staging area {staging_id} no longer exists")
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition that names the file, with an ASCII fallback (RFC 6266)."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename) or "download"
+    value = f'attachment; filename="{fallback}"'
+    quoted = quote(filename, safe="")
+    return value if quoted == filename else f"{value}; filename*=UTF-8''{quoted}"
+
+
+def _check_part_number(number: int) -> None:
+    if not 1 <= number <= MAX_PARTS:
+        raise InvalidInput(
+            f"Part number {number} is out of range: an S3 blob store takes parts 1 to {MAX_PARTS}"
+        )
+
+
+def _too_small(number: int | None, size: int | None) -> InvalidInput:
+    which = "A part is too small" if number is None else f"Part {number} is too small ({size} bytes)"
+    return InvalidInput(
+        f"{which}: in an S3 blob store every part but the last needs at least "
+        f"{MIN_PART_SIZE} bytes (5 MiB); the parts received are kept",
+        hint="Send the blob again in parts of 8 MiB or more (only the last may be smaller), or in one part.",
+    )
+
+
+class S3BlobWriter:
+    """Streams written bytes into a multipart upload on ``<prefix>/tmp/upload-<random>``.
+
+    Content smaller than one part is kept in memory and stored with a single PUT on commit.
+    """
+
+    def __init__(self, store: S3BlobStore):
+        self._store = store
+        self._key = store.key("tmp", f"upload-{secrets.token_hex(12)}")
+        self._buffer = bytearray()
+        self._hash = hashlib.sha256()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._done = False
+        self._staged = False  # whether anything may exist at self._key
+        self.size = 0
+
+    def _part_size(self) -> int:
+        return PART_SIZE * (1 + len(self._parts) // 1000)
+
+    def _send_part(self, length: int) -> None:
+        store = self._store
+        if self._upload_id is None:
+            self._upload_id = store.create_upload(self._key)
+            self._staged = True
+        data = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        number = len(self._parts) + 1
+        with _writing():
+            answer = store.client.upload_part(
+                Bucket=store.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=_md5(data),
+            )
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def write(self, chunk: bytes) -> None:
+        if self._done:
+            raise ValueError("write to a blob writer that was committed or aborted")
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        self._buffer += chunk
+        try:
+            while len(self._buffer) >= self._part_size():
+                self._send_part(self._part_size())
+        except BaseException:
+            self._discard()
+            raise
+
+    def commit(self, expected_sha256: str, expected_size: int) -> None:
+        digest = self._hash.hexdigest()
+        if digest != expected_sha256 or self.size != expected_size:
+            self._discard()
+            raise IntegrityError(
+                f"Received {self.size} bytes with sha256 {digest}, expected {expected_size} bytes "
+                f"with sha256 {expected_sha256}; the bytes were discarded",
+                hint=_INTEGRITY_HINT,
+            )
+        self._done = True
+        try:
+            if self._upload_id is None:  # smaller than one part: one PUT, straight to its final key
+                data, self._buffer = bytes(self._buffer), bytearray()
+                self._store.put_blob(digest, data)
+                return
+            if self._buffer:
+                self._send_part(len(self._buffer))
+            self._store.complete_upload(self._key, self._upload_id, self._parts)
+            self._upload_id = None
+            self._store.publish(self._key, digest, self.size)
+            self._staged = False
+        except BaseException:
+            self._discard()
+            raise
+
+    def commit_computed(self) -> tuple[str, int]:
+        """Keep the bytes under the sha256 computed while they were written; return (sha256, size)."""
+        digest, size = self._hash.hexdigest(), self.size
+        self.commit(digest, size)
+        return digest, size
+
+    def _discard(self) -> None:
+        """Clean up on the way out of an error, without hiding that error behind another."""
+        try:
+            self.abort()
+        except Exception:  # an upload left behind is removed by the bucket's lifecycle rule
+            log.warning("could not clean up %s in %s", self._key, self._store.location(), exc_info=True)
+
+    def abort(self) -> None:
+        self._done = True
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            self._store.abort_upload(self._key, upload_id)
+        if self._staged:  # the upload was completed but not published
+            self._staged = False
+            self._store.delete_key(self._key)
+
+
+class S3BlobStore:
+    """Blobs in ``bucket`` under ``prefix``; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        addressing: str | None = None,
+        guard: PublishGuard = _no_guard,
+    ):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        # Held while a blob is copied into place; the server sets it to the metadata store's row lock
+        # so that the garbage collector can never delete a blob in the instant it is re-published.
+        self.guard = guard
+        config = Config(
+            signature_version="s3v4",
+            # Most self-hosted stores answer only on their endpoint's host name: path style there.
+            s3={"addressing_style": addressing or ("path" if endpoint_url else "auto")},
+            retries={"mode": "standard", "max_attempts": 5},
+            max_pool_connections=32,
+            # Checksums only where S3 requires them: the newer default (CRC trailers on every upload)
+            # is not understood by every S3-compatible store. We send Content-MD5 and verify sha256.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.client: Any = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config
+        )
+        self._copy_config = TransferConfig(
+            multipart_threshold=COPY_THRESHOLD, multipart_chunksize=512 * MiB, max_concurrency=8
+        )
+
+    @classmethod
+    def from_url(cls, url: str, guard: PublishGuard = _no_guard) -> S3BlobStore:
+        """``s3://BUCKET/PREFIX?endpoint=URL&region=NAME&addressing=path|virtual``."""
+        usage = "use s3://BUCKET/PREFIX?endpoint=URL&region=NAME&addressing=path|virtual"
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
+            raise ValueError(
+                f"Unsupported blob URL {url!r}: {usage} (credentials come from AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY or another source of boto3's default chain, never from the URL)"
+            )
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"endpoint", "region", "addressing"})
+        if unknown or any(len(v) != 1 for v in query.values()):
+            raise ValueError(
+                f"Unsupported parameter(s) {', '.join(unknown) or 'repeated'} in {url!r}: {usage}"
+            )
+        endpoint = query.get("endpoint", [None])[0] or None
+        if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+            raise ValueError(f"The endpoint of {url!r} must be an http:// or https:// URL")
+        addressing = query.get("addressing", [None])[0] or None
+        if addressing not in (None, "path", "virtual"):
+            raise ValueError(f"addressing={addressing} in {url!r}: use addressing=path or addressing=virtual")
+        return cls(
+            parts.netloc,
+            parts.path,
+            endpoint_url=endpoint,
+            region=query.get("region", [None])[0] or None,
+            addressing=addressing,
+            guard=guard,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- keys and small helpers shared with the writer ------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts) if self.prefix else parts)
+
+    def _blob_key(self, sha256: str) -> str:
+        return self.key("sha256", sha256[:2], sha256[2:4], sha256)
+
+    def _head_size(self, key: str) -> int | None:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise
+
+    def create_upload(self, key: str) -> str:
+        with _writing():
+            answer = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType="application/octet-stream"
+            )
+        return str(answer["UploadId"])
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        with _writing():
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": sorted(parts, key=lambda p: int(p["PartNumber"]))},
+            )
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) not in {"NoSuchUpload", *_MISSING}:
+                raise
+
+    def delete_key(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def put_blob(self, sha256: str, data: bytes) -> None:
+        """Store verified in-memory bytes as blob ``sha256`` (under the publish guard)."""
+        with self.guard(sha256, len(data)), _writing():
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._blob_key(sha256),
+                Body=data,
+                ContentMD5=_md5(data),
+                ContentType="application/octet-stream",
+            )
+
+    def publish(self, key: str, sha256: str, size: int) -> None:
+        """Copy the verified object at ``key`` into place as blob ``sha256``, then delete ``key``."""
+        final = self._blob_key(sha256)
+        with self.guard(sha256, size):
+            # Content-addressed: a blob already there with this size is these bytes; keep it.
+            if self._head_size(final) != size:
+                with _writing():
+                    self.client.copy(
+                        {"Bucket": self.bucket, "Key": key}, self.bucket, final, Config=self._copy_config
+                    )
+        self.delete_key(key)
+
+    # -- the BlobStore interface -----------------------------------------------------------------------
+
+    def size(self, sha256: str) -> int | None:
+        return self._head_size(self._blob_key(sha256))
+
+    def writer(self) -> S3BlobWriter:
+        return S3BlobWriter(self)
+
+    def local_path(self, sha256: str) -> Path | None:
+        return None
+
+    def read(
+        self, sha256: str, chunk_size: int = 1024 * 1024, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """The blob's bytes from ``start`` up to (not including) ``end``."""
+        if end is not None and end <= start:
+            if self.size(sha256) is None:
+                raise FileNotFoundError(f"no blob {sha256} in {self.location()}")
+            return
+        extra: dict[str, str] = {}
+        if start > 0 or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._blob_key(sha256), **extra)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise FileNotFoundError(f"no blob {sha256} in {self.location()}") from None
+            if _code(exc) == "InvalidRange":  # starts at or past the end: no bytes, as from a file
+                return
+            raise
+        body = answer["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def delete(self, sha256: str) -> None:
+        self.delete_key(self._blob_key(sha256))
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def iter_blobs(self) -> Iterator[tuple[str, int]]:
+        """Every stored blob as (sha256, size), in key order."""
+        pages = self.client.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self.key("sha256") + "/"):
+            for item in page.get("Contents", []):
+                name = str(item["Key"]).rsplit("/", 1)[-1]
+                if len(name) == 64:
+                    yield name, int(item["Size"])
+
+    def presign_get(self, sha256: str, expires_in: int, filename: str) -> str | None:
+        url: str = self.client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self._blob_key(sha256),
+                "ResponseContentDisposition": _attachment(filename),
+                "ResponseContentType": "application/octet-stream",
+            },
+            ExpiresIn=expires_in,
+        )
+        return url
+
+    # -- staging: blobs that arrive in parts -------------------------------------------------------------
+
+    def _staging(self, staging_id: str) -> tuple[str, str | None]:
+        """The staging key and the multipart UploadId (None once the upload was completed)."""
+        random, encoded = staging_id[:_RANDOM_LEN], staging_id[_RANDOM_LEN:]
+        try:
+            if len(random) != _RANDOM_LEN or not staging_id.isalnum():
+                raise ValueError
+            int(random, 16)
+            padded = encoded.upper() + "=" * (-len(encoded) % 8)
+            upload_id = base64.b32decode(padded).decode() if encoded else None
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise ValueError(f"bad staging id {staging_id!r}") from None
+        return self.key("staging", random), upload_id
+
+    def begin_staging(self, size: int) -> str:
+        if not 0 <= size <= MAX_OBJECT_SIZE:
+            raise InvalidInput(f"A blob of {size} bytes cannot be stored: S3 objects hold up to 5 TiB")
+        random = secrets.token_hex(_RANDOM_LEN // 2)
+        upload_id = self.create_upload(self.key("staging", random))
+        return random + base64.b32encode(upload_id.encode()).decode().rstrip("=").lower()
+
+    def presign_part(self, staging_id: str, number: int, expires_in: int) -> str | None:
+        key, upload_id = self._staging(staging_id)
+        if upload_id is None:
+            raise _gone(staging_id)
+        _check_part_number(number)
+        url: str = self.client.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number},
+            ExpiresIn=expires_in,
+        )
+        return url
+
+    def write_part(
+        self,
+        staging_id: str,
+        number: int,
+        offset: int,
+        size: int,
+        chunks: Iterable[bytes],
+        sha256: str | None,
+    ) -> None:
+        """Upload part ``number`` (its place follows from its number: ``offset`` is not needed here).
+
+        The part is checked whole before it is sent, so a bad one never replaces a good one.
+        """
+        key, upload_id = self._staging(staging_id)
+        if upload_id is None:
+            raise _gone(staging_id)
+        _check_part_number(number)
+        digest, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+        got = 0
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_SIZE) as spool:
+            for chunk in chunks:
+                if got + len(chunk) > size:
+                    raise IntegrityError(f"Part {number} is larger than its {size} bytes")
+                spool.write(chunk)
+                digest.update(chunk)
+                md5.update(chunk)
+                got += len(chunk)
+            if got != size:
+                raise IntegrityError(f"Part {number} has {got} bytes, expected {size}; send it again")
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise IntegrityError(f"Part {number} arrived corrupted (sha256 mismatch); send it again")
+            spool.seek(0)
+            try:
+                with _writing():
+                    self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=spool,
+                        ContentLength=size,
+                        ContentMD5=base64.b64encode(md5.digest()).decode(),
+                    )
+            except ClientError as exc:
+                if _code(exc) == "NoSuchUpload":
+                    raise _gone(staging_id) from None
+                raise
+
+    def _parts(self, key: str, upload_id: str) -> list[dict[str, Any]] | None:
+        """The parts received so far, or None when the upload is no longer open."""
+        parts: list[dict[str, Any]] = []
+        try:
+            for page in self.client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            ):
+                parts.extend(page.get("Parts", []))
+        except ClientError as exc:
+            if _code(exc) in {"NoSuchUpload", *_MISSING}:
+                return None
+            raise
+        return parts
+
+    def received_parts(self, staging_id: str) -> dict[int, int]:
+        key, upload_id = self._staging(staging_id)
+        parts = self._parts(key, upload_id) if upload_id is not None else None
+        return {int(p["PartNumber"]): int(p["Size"]) for p in parts or []}
+
+    def finish_staging(self, staging_id: str, sha256: str, size: int) -> None:
+        """Complete the upload, hash the object it made; if it is the blob announced, publish it."""
+        key, upload_id = self._staging(staging_id)
+        parts = self._parts(key, upload_id) if upload_id is not None else None
+        if parts is not None and upload_id is not None:
+            self._complete_staging(staging_id, key, upload_id, parts, sha256, size)
+            if size == 0:
+                return
+        # The upload is complete (now, or by an earlier attempt that stopped before publishing).
+        digest = hashlib.sha256()
+        got = 0
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise _gone(staging_id) from None
+            raise
+        with contextlib.closing(answer["Body"]) as body:
+            for chunk in body.iter_chunks(4 * MiB):
+                digest.update(chunk)
+                got += len(chunk)
+        if got != size or digest.hexdigest() != sha256:
+            self.abort_staging(staging_id)
+            raise IntegrityError(
+                f"The parts add up to {got} bytes with sha256 {digest.hexdigest()}, expected {size} bytes "
+                f"with sha256 {sha256}; they were discarded",
+                hint=_INTEGRITY_HINT,
+            )
+        self.publish(key, sha256, size)
+
+    def _complete_staging(
+        self, staging_id: str, key: str, upload_id: str, parts: list[dict[str, Any]], sha256: str, size: int
+    ) -> None:
+        sizes = {int(p["PartNumber"]): int(p["Size"]) for p in parts}
+        got = sum(sizes.values())
+        if got != size or (got == 0 and sha256 != EMPTY_SHA256):
+            self.abort_staging(staging_id)
+            raise IntegrityError(
+                f"The parts add up to {got} bytes{f' with sha256 {EMPTY_SHA256}' if got == 0 else ''}, "
+                f"expected {size} bytes with sha256 {sha256}; they were discarded",
+                hint=_INTEGRITY_HINT,
+            )
+        if got == 0:  # S3 cannot complete an upload without bytes: store the empty blob directly
+            self.abort_staging(staging_id)
+            self.put_blob(sha256, b"")
+            return
+        numbers = sorted(sizes)
+        small = next((n for n in numbers[:-1] if sizes[n] < MIN_PART_SIZE), None)
+        if small is not None:
+            raise _too_small(small, sizes[small])
+        try:
+            self.complete_upload(
+                key, upload_id, [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
+            )
+        except ClientError as exc:
+            if _code(exc) == "EntityTooSmall":  # a store with a larger minimum than S3's
+                raise _too_small(None, None) from None
+            if _code(exc) != "NoSuchUpload":  # completed meanwhile by another attempt: verify that
+                raise
+
+    def abort_staging(self, staging_id: str) -> None:
+        key, upload_id = self._staging(staging_id)
+        if upload_id is not None:
+            self.abort_upload(key, upload_id)
+        self.delete_key(key)
+
+    def staging_ids(self) -> list[str]:
+        """Open stagings, and (by their bare 24-hex id) completed ones that were never published."""
+        prefix = self.key("staging") + "/"
+        ids = []
+        uploads = self.client.get_paginator("list_multipart_uploads")
+        for page in uploads.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                random = str(upload["Key"])[len(prefix) :]
+                encoded = base64.b32encode(str(upload["UploadId"]).encode()).decode().rstrip("=").lower()
+                ids.append(random + encoded)
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            ids.extend(str(item["Key"])[len(prefix) :] for item in page.get("Contents", []))
+        return sorted(i for i in ids if len(i) >= _RANDOM_LEN and i.isalnum())

@@ -1,0 +1,256 @@
+"""The client side of downloads: every file verified against its sha256, resumable, large files in
+parallel ranges.
+
+A file is written as ``NAME.part`` and renamed only once its hash matches, so a corrupt or partial
+file never sits under the final name. Large files are fetched in ranges on several connections into
+a preallocated ``NAME.part``; ``NAME.part.done`` records the ranges that arrived, so an interrupted
+download fetches only the rest. Small files resume from the length of their ``.part``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ..errors import ConnectionFailed, IntegrityError
+from ..records import ModelFile
+from . import transfer
+
+if TYPE_CHECKING:
+    from .client import Client, Progress
+
+RANGED_THRESHOLD = 64 * 1024 * 1024
+RANGE_SIZE = 32 * 1024 * 1024
+# Files up to SMALL_FILE served by the server itself come many to a request, as a tar stream.
+SMALL_FILE = 4 * 1024 * 1024
+BATCH_BYTES = 32 * 1024 * 1024
+BATCH_COUNT = 250
+
+
+class Downloader:
+    def __init__(self, client: Client, progress: Progress):
+        self.client = client
+        self.bar = progress
+
+    def run(self, model_id: str, dest: Path) -> list[Path]:
+        files = self.client._json("GET", f"/models/{_seg(model_id)}/files")["items"]
+        targets = [(ModelFile.from_json(f), f["url"], transfer.safe_target(dest, f["path"])) for f in files]
+        self.bar.start("downloading", sum(f.size for f, _, _ in targets))
+        try:
+            with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
+                futures: list[Future[Any]] = []
+                large = []
+                batch: list[tuple[ModelFile, Path]] = []
+                batch_bytes = 0
+                for f, url, target in targets:
+                    if self._already_there(f, target):
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    part = target.with_name(target.name + ".part")
+                    if f.size >= RANGED_THRESHOLD:
+                        large.append((f, url, target))
+                    elif f.size <= SMALL_FILE and url.startswith(self.client.url + "/") and not part.exists():
+                        if batch and (batch_bytes + f.size > BATCH_BYTES or len(batch) >= BATCH_COUNT):
+                            futures.append(pool.submit(self._batch, model_id, batch))
+                            batch, batch_bytes = [], 0
+                        batch.append((f, target))
+                        batch_bytes += f.size
+                    else:
+                        futures.append(pool.submit(self._whole, f, url, target))
+                if batch:
+                    futures.append(pool.submit(self._batch, model_id, batch))
+                try:
+                    # Large files one after the other, each in parallel ranges on a pool of its own.
+                    for f, url, target in large:
+                        self._ranged(f, url, target)
+                    for future in as_completed(futures):
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            self.bar.finish()
+        return [target for _, _, target in targets]
+
+    def _already_there(self, f: ModelFile, target: Path) -> bool:
+        if target.is_file() and target.stat().st_size == f.size and transfer.sha256_file(target) == f.sha256:
+            self.bar.advance(f.size)
+            return True
+        return False
+
+    def _get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        http = self.client._http if url.startswith(self.client.url + "/") else self.client._plain
+        try:
+            request = http.build_request(
+                "GET", url, headers=headers, timeout=httpx.Timeout(None, connect=10.0)
+            )
+            response = http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"Download from {self.client.url} failed: {exc}") from exc
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            self.client._raise_for(response)
+        return response
+
+    def _whole(self, f: ModelFile, url: str, target: Path) -> Path:
+        part = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        have = part.stat().st_size if part.is_file() else 0
+        if have > f.size:
+            part.unlink()
+            have = 0
+        if have:
+            with part.open("rb") as existing:
+                while chunk := existing.read(transfer.CHUNK):
+                    digest.update(chunk)
+            self.bar.advance(have)
+        response = self._get(url, {"Range": f"bytes={have}-"} if have and have < f.size else None)
+        with contextlib.closing(response):
+            if have and response.status_code != 206:
+                digest, have = hashlib.sha256(), 0  # the server sent the whole file after all
+            if have < f.size or response.status_code != 206:
+                try:
+                    with part.open("ab" if have else "wb") as out:
+                        for chunk in response.iter_bytes(transfer.CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            self.bar.advance(len(chunk))
+                except httpx.TransportError as exc:
+                    raise ConnectionFailed(
+                        f"Download of {f.path} was cut off: {exc}; run it again to resume"
+                    ) from exc
+        return self._finish(f, part, target, digest.hexdigest())
+
+    def _batch(self, model_id: str, files: list[tuple[ModelFile, Path]]) -> None:
+        """Many small files in one tar stream; each is still checked against its sha256."""
+        wanted = {f.path: (f, target) for f, target in files}
+        url = f"{self.client.url}/api/v1/models/{_seg(model_id)}/archive"
+        try:
+            request = self.client._http.build_request(
+                "POST",
+                url,
+                json={"format": "tar", "paths": list(wanted)},
+                timeout=httpx.Timeout(None, connect=10.0),
+            )
+            response = self.client._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"Download from {self.client.url} failed: {exc}") from exc
+        with contextlib.closing(response):
+            if response.status_code >= 400:
+                response.read()
+                self.client._raise_for(response)
+            stream = _IterFile(response.iter_bytes(transfer.CHUNK))
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+                    for member in tar:
+                        entry = wanted.pop(member.name, None)
+                        source = tar.extractfile(member) if member.isfile() else None
+                        if entry is None or source is None:
+                            raise IntegrityError(f"The server sent {member.name!r}, which was not asked for")
+                        f, target = entry
+                        part = target.with_name(target.name + ".part")
+                        digest = hashlib.sha256()
+                        with part.open("wb") as out:
+                            while chunk := source.read(transfer.CHUNK):
+                                out.write(chunk)
+                                digest.update(chunk)
+                                self.bar.advance(len(chunk))
+                        self._finish(f, part, target, digest.hexdigest())
+            except (httpx.TransportError, tarfile.ReadError) as exc:
+                raise ConnectionFailed(
+                    f"Download from {self.client.url} was cut off: {exc}; run it again"
+                ) from exc
+        if wanted:
+            raise IntegrityError(f"The server did not send {next(iter(wanted))!r}")
+
+    def _ranged(self, f: ModelFile, url: str, target: Path) -> Path:
+        part = target.with_name(target.name + ".part")
+        done_file = target.with_name(target.name + ".part.done")
+        ranges = [(start, min(start + RANGE_SIZE, f.size)) for start in range(0, f.size, RANGE_SIZE)]
+        done: set[int] = set()
+        if part.is_file() and part.stat().st_size == f.size and done_file.is_file():
+            done = {int(x) for x in done_file.read_text().split() if x.isdigit()}
+        else:
+            with part.open("wb") as out:
+                out.truncate(f.size)
+            done_file.write_text("")
+        lock = threading.Lock()
+        self.bar.advance(sum(end - start for start, end in ranges if start in done))
+
+        def fetch(start: int, end: int) -> None:
+            response = self._get(url, {"Range": f"bytes={start}-{end - 1}"})
+            with contextlib.closing(response):
+                if response.status_code != 206:
+                    raise ConnectionFailed(f"The server did not answer a range request for {f.path}")
+                fd = os.open(part, os.O_WRONLY)
+                try:
+                    offset = start
+                    for chunk in response.iter_bytes(transfer.CHUNK):
+                        os.pwrite(fd, chunk, offset)
+                        offset += len(chunk)
+                        self.bar.advance(len(chunk))
+                finally:
+                    os.close(fd)
+                if offset != end:
+                    raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
+            with lock, done_file.open("a") as marks:
+                marks.write(f"{start}\n")
+
+        with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
+            todo = [pool.submit(fetch, start, end) for start, end in ranges if start not in done]
+            try:
+                for future in as_completed(todo):
+                    future.result()
+            except BaseException:
+                for future in todo:
+                    future.cancel()
+                raise
+        digest = transfer.sha256_file(part)
+        result = self._finish(f, part, target, digest)
+        done_file.unlink(missing_ok=True)
+        return result
+
+    def _finish(self, f: ModelFile, part: Path, target: Path, digest: str) -> Path:
+        if digest != f.sha256 or part.stat().st_size != f.size:
+            part.unlink(missing_ok=True)
+            target.with_name(target.name + ".part.done").unlink(missing_ok=True)
+            raise IntegrityError(f"{f.path} arrived corrupted (sha256 mismatch); it was not kept")
+        os.replace(part, target)
+        return target
+
+
+class _IterFile:
+    """A readable file over an iterator of byte chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buffer = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            try:
+                self._buffer += next(self._chunks)
+            except StopIteration:
+                break
+        if n < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+
+def _seg(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")

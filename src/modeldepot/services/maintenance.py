@@ -1,0 +1,96 @@
+"""Keeping storage honest: the garbage collector (reclaims blobs no model needs) and fsck (verifies them).
+
+The collector deletes a blob only when no model file and no upload in progress names it and nobody
+has touched it for a grace period; the deletion happens while the blob's row is held, and publishing
+takes the same row, so a blob being uploaded again at that instant cannot be lost (see
+``metadata/blob_rows.py``). Starting an upload touches every blob its manifest names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from .ports import BlobStore, MetadataStore
+from .uploads import UploadService
+
+
+@dataclasses.dataclass(frozen=True)
+class GcReport:
+    dry_run: bool
+    blobs_deleted: int
+    bytes_reclaimed: int
+    uploads_expired: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FsckReport:
+    blobs_checked: int
+    bytes_checked: int
+    missing: tuple[str, ...]  # indexed, but the blob store does not have them
+    corrupt: tuple[str, ...]  # stored bytes whose size or sha256 is wrong
+    unindexed: tuple[str, ...]  # in the blob store, unknown to the index (the collector ignores them)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.corrupt)
+
+
+class Maintenance:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, uploads: UploadService, grace: timedelta):
+        # Callers check that only a global admin runs these.
+        self.store = store
+        self.blobs = blobs
+        self.uploads = uploads
+        self.grace = grace
+
+    def collect(self, *, dry_run: bool = False, grace: timedelta | None = None) -> GcReport:
+        """Remove expired uploads, then every unreferenced blob untouched for ``grace``."""
+        now = datetime.now(UTC)
+        cutoff = now - (self.grace if grace is None else grace)
+        expired = len(self.store.expired_uploads(now)) if dry_run else self.uploads.abort_expired()
+        deleted = reclaimed = 0
+        seen: set[str] = set()
+        while True:
+            batch = [(sha, size) for sha, size in self.store.gc_candidates(cutoff, 1000) if sha not in seen]
+            if not batch:
+                break
+            for sha, size in batch:
+                seen.add(sha)
+                if dry_run:
+                    deleted, reclaimed = deleted + 1, reclaimed + size
+                    continue
+                with self.store.collecting_blob(sha, cutoff) as gone:
+                    if gone:
+                        self.blobs.delete(sha)
+                        deleted, reclaimed = deleted + 1, reclaimed + size
+        return GcReport(
+            dry_run=dry_run, blobs_deleted=deleted, bytes_reclaimed=reclaimed, uploads_expired=expired
+        )
+
+    def fsck(self) -> FsckReport:
+        """Re-hash every indexed blob; report what is missing, corrupt, or stored but not indexed."""
+        missing, corrupt = [], []
+        checked = checked_bytes = 0
+        indexed = set()
+        for sha, size in self.store.blob_index():
+            indexed.add(sha)
+            have = self.blobs.size(sha)
+            if have is None:
+                missing.append(sha)
+                continue
+            digest = hashlib.sha256()
+            for chunk in self.blobs.read(sha, 4 * 1024 * 1024):
+                digest.update(chunk)
+            checked, checked_bytes = checked + 1, checked_bytes + have
+            if have != size or digest.hexdigest() != sha:
+                corrupt.append(sha)
+        unindexed = [sha for sha, _ in self.blobs.iter_blobs() if sha not in indexed]
+        return FsckReport(
+            blobs_checked=checked,
+            bytes_checked=checked_bytes,
+            missing=tuple(missing),
+            corrupt=tuple(corrupt),
+            unindexed=tuple(unindexed),
+        )

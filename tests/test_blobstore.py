@@ -1,0 +1,450 @@
+"""The blob store contract, run on every backend: a local directory and S3 (a real SeaweedFS).
+
+Adding a backend is adding a parameter to ``blob_store``. Multi-part data keeps S3's rule (every part
+but the last at least 5 MiB) and stays small, so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from modeldepot.blobs import LocalBlobStore, open_blob_store
+from modeldepot.errors import IntegrityError, InvalidInput
+from modeldepot.services.ports import BlobStore
+
+from .seaweed import seaweedfs  # noqa: F401  (the session's SeaweedFS)
+
+if TYPE_CHECKING:
+    from modeldepot.blobs.s3 import S3BlobStore
+
+MiB = 1024 * 1024
+PART = 5 * MiB + 123  # the smallest parts S3 takes, plus a little so nothing lines up by chance
+WRITER_PART = 8 * MiB  # the part size of the S3 writer
+EMPTY = hashlib.sha256(b"").hexdigest()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    """Distinct bytes per seed, cheap to make."""
+    return (hashlib.sha256(str(seed).encode()).digest() + os.urandom(32)) * (size // 64) + b"z" * (size % 64)
+
+
+class RecordingGuard:
+    """A publish guard that records each (sha256, size) it is taken with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, sha256: str, size: int) -> contextlib.AbstractContextManager[None]:
+        self.calls.append((sha256, size))
+        return contextlib.nullcontext()
+
+
+@pytest.fixture(params=["local", "s3"])
+def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    """An empty store, with a recording guard; each S3 test gets a prefix of its own."""
+    if request.param == "local":
+        store = LocalBlobStore(tmp_path / "blobs")
+        store.guard = RecordingGuard()
+        yield store
+    else:
+        yield from _s3_store(request.getfixturevalue("seaweedfs"))
+
+
+@pytest.fixture
+def s3_store(request: pytest.FixtureRequest) -> Iterator[S3BlobStore]:
+    """For what only S3 has to say (its part size rule, its two-step publish)."""
+    yield from _s3_store(request.getfixturevalue("seaweedfs"))
+
+
+def _s3_store(session_url: str) -> Iterator[S3BlobStore]:
+    parts = urlsplit(session_url)
+    url = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{secrets.token_hex(6)}"))
+    store = open_blob_store(url)
+    assert not isinstance(store, LocalBlobStore)
+    store.guard = RecordingGuard()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def guard_calls(store: BlobStore) -> list[tuple[str, int]]:
+    assert isinstance(store.guard, RecordingGuard)
+    return store.guard.calls
+
+
+def is_s3(store: BlobStore) -> bool:
+    return store.location().startswith("s3://")
+
+
+def leftovers(store: BlobStore) -> list[str]:
+    """Whatever the store holds besides published blobs: temporary files, objects, open uploads."""
+    if isinstance(store, LocalBlobStore):
+        return sorted(str(p) for p in (store.root / "tmp").iterdir()) + store.staging_ids()
+    s3 = store.client
+    bucket, prefix = store.bucket, store.key("")
+    found = [
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+        if not item["Key"].startswith(prefix + "sha256/")
+    ]
+    uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    return found + [u["Key"] for u in uploads]
+
+
+def put(store: BlobStore, data: bytes, chunk: int = 256 * 1024) -> str:
+    writer = store.writer()
+    for i in range(0, len(data), chunk):
+        writer.write(data[i : i + chunk])
+    digest = sha(data)
+    writer.commit(digest, len(data))
+    return digest
+
+
+def read_all(store: BlobStore, digest: str, **kwargs: int | None) -> bytes:
+    return b"".join(store.read(digest, **kwargs))
+
+
+def send_part(store: BlobStore, staging_id: str, number: int, offset: int, data: bytes) -> None:
+    """A client's PUT to the presigned part URL, or through the server where the store has none."""
+    url = store.presign_part(staging_id, number, 600)
+    if url is None:
+        store.write_part(staging_id, number, offset, len(data), [data], sha(data))
+        return
+    response = httpx.put(url, content=data, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+# -- the writer ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1000, WRITER_PART + 4097], ids=["one-put", "multipart"])
+def test_writer_round_trip(blob_store: BlobStore, size: int) -> None:
+    data = blob(size)
+    digest = put(blob_store, data)
+    assert blob_store.size(digest) == size
+    assert read_all(blob_store, digest) == data
+    assert list(blob_store.iter_blobs()) == [(digest, size)]
+    assert guard_calls(blob_store) == [(digest, size)]
+    assert leftovers(blob_store) == []
+    path = blob_store.local_path(digest)
+    assert (path is None) == is_s3(blob_store)
+    assert path is None or path.read_bytes() == data
+
+
+@pytest.mark.parametrize("wrong", ["sha256", "size"])
+@pytest.mark.parametrize("size", [1000, WRITER_PART + 1], ids=["one-put", "multipart"])
+def test_commit_with_wrong_digest_stores_nothing(blob_store: BlobStore, wrong: str, size: int) -> None:
+    data = blob(size)
+    writer = blob_store.writer()
+    for i in range(0, size, MiB):
+        writer.write(data[i : i + MiB])
+    expected = (sha(b"other"), size) if wrong == "sha256" else (sha(data), size + 1)
+    with pytest.raises(IntegrityError, match="were discarded"):
+        writer.commit(*expected)
+    assert blob_store.size(sha(data)) is None
+    assert blob_store.size(expected[0]) is None
+    assert list(blob_store.iter_blobs()) == []
+    assert leftovers(blob_store) == []
+    assert guard_calls(blob_store) == []
+
+
+def test_abort_discards_the_bytes(blob_store: BlobStore) -> None:
+    writer = blob_store.writer()
+    writer.write(blob(WRITER_PART + 10))
+    writer.abort()
+    writer.abort()  # twice is harmless
+    assert list(blob_store.iter_blobs()) == []
+    assert leftovers(blob_store) == []
+
+
+def test_commit_computed(blob_store: BlobStore) -> None:
+    writer = blob_store.writer()
+    writer.write(b"hello ")
+    writer.write(b"world")
+    assert writer.commit_computed() == (sha(b"hello world"), 11)
+    assert read_all(blob_store, sha(b"hello world")) == b"hello world"
+    assert guard_calls(blob_store) == [(sha(b"hello world"), 11)]
+
+
+def test_zero_byte_blob(blob_store: BlobStore) -> None:
+    writer = blob_store.writer()
+    writer.commit(EMPTY, 0)
+    assert blob_store.size(EMPTY) == 0
+    assert read_all(blob_store, EMPTY) == b""
+    assert read_all(blob_store, EMPTY, start=0, end=0) == b""
+    assert read_all(blob_store, EMPTY, start=0, end=10) == b""
+    assert read_all(blob_store, EMPTY, start=3) == b""
+    assert list(blob_store.iter_blobs()) == [(EMPTY, 0)]
+    assert guard_calls(blob_store) == [(EMPTY, 0)]
+
+
+@pytest.mark.parametrize("size", [100, WRITER_PART + 7], ids=["one-put", "multipart"])
+def test_identical_content_twice(blob_store: BlobStore, size: int) -> None:
+    data = blob(size)
+    assert put(blob_store, data) == put(blob_store, data) == sha(data)
+    assert list(blob_store.iter_blobs()) == [(sha(data), size)]
+    assert read_all(blob_store, sha(data)) == data
+    assert guard_calls(blob_store) == [(sha(data), size)] * 2
+    assert leftovers(blob_store) == []
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def test_read_ranges(blob_store: BlobStore) -> None:
+    data = blob(WRITER_PART + 4097)  # two parts in S3: part boundaries are worth a look
+    digest = put(blob_store, data, chunk=MiB)
+    size = len(data)
+    ranges = [
+        (0, None),
+        (1, None),
+        (size - 1, None),
+        (size, None),
+        (size + 5, None),
+        (0, size),
+        (0, size + 100),
+        (1, size - 1),
+        (size - 1, size),
+        (size - 1, size + 10),
+        (size, size + 10),
+        (0, 1),
+        (0, 0),
+        (5, 5),
+        (7, 3),
+        (999, 2001),
+        (WRITER_PART - 1, WRITER_PART + 1),
+        (WRITER_PART, None),
+        (WRITER_PART - 3000, None),
+    ]
+    for start, end in ranges:
+        chunks = list(blob_store.read(digest, chunk_size=1000, start=start, end=end))
+        assert b"".join(chunks) == data[start:end], (start, end)
+        assert all(0 < len(c) <= 1000 for c in chunks), (start, end)
+    assert read_all(blob_store, digest, chunk_size=3 * MiB) == data
+
+
+def test_read_a_missing_blob(blob_store: BlobStore) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_all(blob_store, sha(b"absent"))
+    with pytest.raises(FileNotFoundError):
+        read_all(blob_store, sha(b"absent"), start=10, end=20)
+
+
+def test_size_delete_and_iter_blobs(blob_store: BlobStore) -> None:
+    stored = {put(blob_store, blob(n, seed=n)): n for n in (10, 2000, 70_000)}
+    assert sorted(blob_store.iter_blobs()) == sorted(stored.items())
+    assert list(blob_store.iter_blobs()) == sorted(blob_store.iter_blobs())
+    gone = next(iter(stored))
+    blob_store.delete(gone)
+    blob_store.delete(gone)  # deleting what is not there is fine
+    assert blob_store.size(gone) is None
+    assert sorted(blob_store.iter_blobs()) == sorted((k, v) for k, v in stored.items() if k != gone)
+    assert blob_store.size(sha(b"never stored")) is None
+
+
+def test_location(blob_store: BlobStore) -> None:
+    assert blob_store.location().startswith("s3://" if is_s3(blob_store) else "file:///")
+
+
+def test_presign_get(blob_store: BlobStore) -> None:
+    data = blob(50_000)
+    digest = put(blob_store, data)
+    url = blob_store.presign_get(digest, 600, "weights ünïcode.bin")
+    if not is_s3(blob_store):
+        assert url is None  # the server serves local blobs itself
+        return
+    assert url is not None
+    with httpx.Client(timeout=30) as http:
+        whole = http.get(url)
+        assert whole.status_code == 200
+        assert whole.content == data
+        disposition = whole.headers["content-disposition"]
+        assert disposition.startswith("attachment;")
+        assert "weights" in disposition
+        part = http.get(url, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206
+        assert part.content == data[100:200]
+        assert http.get(url.replace("X-Amz-Signature=", "X-Amz-Signature=0")).status_code == 403
+
+
+# -- staging: blobs that arrive in parts --------------------------------------------------------------
+
+
+def _parts(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(number, offset, bytes) of ``data`` cut into PART-sized parts."""
+    return [(i // PART + 1, i, data[i : i + PART]) for i in range(0, len(data), PART)]
+
+
+@pytest.mark.parametrize("via", ["server", "presigned"])
+def test_staging_out_of_order(blob_store: BlobStore, via: str) -> None:
+    data = blob(2 * PART + 1000)
+    staging_id = blob_store.begin_staging(len(data))
+    assert staging_id in blob_store.staging_ids()
+    assert blob_store.received_parts(staging_id) == {}
+    parts = _parts(data)
+    for number, offset, chunk in reversed(parts):
+        if via == "server":
+            blob_store.write_part(staging_id, number, offset, len(chunk), [chunk[:1000], chunk[1000:]], None)
+        else:
+            send_part(blob_store, staging_id, number, offset, chunk)
+    assert blob_store.received_parts(staging_id) == {n: len(c) for n, _, c in parts}
+    blob_store.finish_staging(staging_id, sha(data), len(data))
+    assert blob_store.size(sha(data)) == len(data)
+    assert read_all(blob_store, sha(data)) == data
+    assert read_all(blob_store, sha(data), start=PART - 2, end=PART + 2) == data[PART - 2 : PART + 2]
+    assert guard_calls(blob_store) == [(sha(data), len(data))]
+    assert staging_id not in blob_store.staging_ids()
+    assert leftovers(blob_store) == []
+
+
+def test_resent_part_replaces_the_first(blob_store: BlobStore) -> None:
+    data = blob(PART + 10)
+    staging_id = blob_store.begin_staging(len(data))
+    (_, _, first), (_, offset, last) = _parts(data)
+    send_part(blob_store, staging_id, 1, 0, blob(PART, seed=99))  # corrupted on the first try
+    send_part(blob_store, staging_id, 2, offset, last)
+    send_part(blob_store, staging_id, 1, 0, first)
+    assert blob_store.received_parts(staging_id) == {1: PART, 2: 10}
+    blob_store.finish_staging(staging_id, sha(data), len(data))
+    assert read_all(blob_store, sha(data)) == data
+
+
+def test_a_bad_part_is_refused(blob_store: BlobStore) -> None:
+    data = blob(PART + 10)
+    staging_id = blob_store.begin_staging(len(data))
+    (_, _, first), (_, offset, last) = _parts(data)
+    with pytest.raises(IntegrityError, match="has 9 bytes, expected 10"):
+        blob_store.write_part(staging_id, 2, offset, 10, [last[:9]], None)
+    with pytest.raises(IntegrityError, match="larger than"):
+        blob_store.write_part(staging_id, 2, offset, 10, [last, b"x"], None)
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        blob_store.write_part(staging_id, 2, offset, 10, [last], sha(b"something else"))
+    assert 2 not in blob_store.received_parts(staging_id)
+    blob_store.write_part(staging_id, 2, offset, 10, [last], sha(last))
+    blob_store.write_part(staging_id, 1, 0, PART, [first], sha(first))
+    blob_store.finish_staging(staging_id, sha(data), len(data))
+    assert read_all(blob_store, sha(data)) == data
+
+
+@pytest.mark.parametrize("wrong", ["sha256", "size"])
+def test_finish_with_a_wrong_digest_publishes_nothing(blob_store: BlobStore, wrong: str) -> None:
+    data = blob(PART + 10)
+    staging_id = blob_store.begin_staging(len(data))
+    for number, offset, chunk in _parts(data):
+        send_part(blob_store, staging_id, number, offset, chunk)
+    digest, size = (sha(b"other"), len(data)) if wrong == "sha256" else (sha(data), len(data) + 1)
+    with pytest.raises(IntegrityError, match="were discarded"):
+        blob_store.finish_staging(staging_id, digest, size)
+    assert blob_store.size(digest) is None
+    assert blob_store.size(sha(data)) is None
+    assert list(blob_store.iter_blobs()) == []
+    assert blob_store.staging_ids() == []
+    assert leftovers(blob_store) == []
+    assert guard_calls(blob_store) == []
+
+
+def test_staging_small_blobs(blob_store: BlobStore) -> None:
+    staging_id = blob_store.begin_staging(0)
+    blob_store.finish_staging(staging_id, EMPTY, 0)
+    assert blob_store.size(EMPTY) == 0
+    one = b"a single small part"
+    staging_id = blob_store.begin_staging(len(one))
+    send_part(blob_store, staging_id, 1, 0, one)
+    blob_store.finish_staging(staging_id, sha(one), len(one))
+    assert read_all(blob_store, sha(one)) == one
+    assert guard_calls(blob_store) == [(EMPTY, 0), (sha(one), len(one))]
+    assert blob_store.staging_ids() == []
+    assert leftovers(blob_store) == []
+
+
+def test_abort_staging(blob_store: BlobStore) -> None:
+    kept = blob_store.begin_staging(100)
+    staging_id = blob_store.begin_staging(PART + 10)
+    assert sorted(blob_store.staging_ids()) == sorted([kept, staging_id])
+    send_part(blob_store, staging_id, 1, 0, blob(PART))
+    blob_store.abort_staging(staging_id)
+    blob_store.abort_staging(staging_id)  # twice is harmless
+    assert blob_store.staging_ids() == [kept]
+    assert blob_store.received_parts(staging_id) == {}
+    blob_store.abort_staging(kept)
+    assert leftovers(blob_store) == []
+    assert list(blob_store.iter_blobs()) == []
+
+
+def test_s3_parts_below_the_minimum_are_refused_clearly(s3_store: S3BlobStore) -> None:
+    blob_store = s3_store
+    data = blob(2000)
+    staging_id = blob_store.begin_staging(len(data))
+    send_part(blob_store, staging_id, 1, 0, data[:1000])
+    send_part(blob_store, staging_id, 2, 1000, data[1000:])
+    with pytest.raises(InvalidInput, match="at least 5242880 bytes"):
+        blob_store.finish_staging(staging_id, sha(data), len(data))
+    assert blob_store.received_parts(staging_id) == {1: 1000, 2: 1000}  # kept: nothing was lost
+    with pytest.raises(InvalidInput, match="1 to 10000"):
+        blob_store.presign_part(staging_id, 0, 60)
+    blob_store.abort_staging(staging_id)
+
+
+def test_s3_finish_resumes_after_a_stop_between_complete_and_publish(s3_store: S3BlobStore) -> None:
+    blob_store = s3_store
+    data = blob(PART + 10)
+    staging_id = blob_store.begin_staging(len(data))
+    for number, offset, chunk in _parts(data):
+        send_part(blob_store, staging_id, number, offset, chunk)
+    s3, bucket = blob_store.client, blob_store.bucket
+    key, upload_id = blob_store._staging(staging_id)
+    parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=upload_id)["Parts"]
+    s3.complete_multipart_upload(  # what a replica did before it stopped
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]},
+    )
+    assert blob_store.staging_ids() == [staging_id[:24]]  # still found, to be cleaned up if abandoned
+    blob_store.finish_staging(staging_id, sha(data), len(data))
+    assert read_all(blob_store, sha(data)) == data
+    assert leftovers(blob_store) == []
+    with pytest.raises(IntegrityError, match="no longer exists"):
+        blob_store.finish_staging(staging_id, sha(data), len(data))
+
+
+# -- choosing a store by URL -----------------------------------------------------------------------
+
+
+def test_open_blob_store_by_url(tmp_path: Path) -> None:
+    assert isinstance(open_blob_store((tmp_path / "b").as_uri()), LocalBlobStore)
+    with pytest.raises(ValueError, match="use file:///PATH or s3://"):
+        open_blob_store("ftp://example/blobs")
+    for bad in (
+        "s3://bucket/p?endpoint=http://127.0.0.1:1&colour=blue",
+        "s3://bucket/p?addressing=sideways",
+        "s3://bucket/p?endpoint=ftp://127.0.0.1",
+        "s3://key:secret@bucket/p",
+        "s3:///no-bucket",
+    ):
+        with pytest.raises(ValueError):
+            open_blob_store(bad)
+    store = open_blob_store(
+        "s3://bucket/some/prefix/?endpoint=http://127.0.0.1:1&region=eu-west-1&addressing=path"
+    )
+    try:
+        assert store.location() == "s3://bucket/some/prefix"
+        assert store.local_path(EMPTY) is None
+    finally:
+        store.close()

@@ -1,0 +1,303 @@
+"""Transfers: parts, resume, integrity, dedup under concurrency, garbage collection, archives, ranges."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modeldepot import Client, Conflict, IntegrityError
+
+from .conftest import RunningServer, make_settings, running_server, write_tree
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_parts(database_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server that sends files over 1 MiB in 1 MiB parts, and collects garbage without grace."""
+    settings = make_settings(database_url, tmp_path / "data", upload_part_size=MiB, gc_grace_seconds=0)
+    with running_server(settings) as running:
+        yield running
+
+
+def _start(http: Any, project: str, data: bytes, path: str = "w.bin") -> tuple[str, dict[str, Any]]:
+    digest = hashlib.sha256(data).hexdigest()
+    plan = http.post(
+        f"/projects/{project}/models",
+        json={"name": "big", "files": [{"path": path, "size": len(data), "sha256": digest}]},
+    ).json()
+    return plan["model"]["id"], plan["missing"][0]
+
+
+def test_parts_in_any_order_never_asked_twice_and_verified_whole(small_parts: RunningServer) -> None:
+    data = os.urandom(3 * MiB + 12345)
+    with small_parts.client() as admin, small_parts.http() as http:
+        project = admin.create_project("p").id
+        mid, missing = _start(http, project, data)
+        assert "parts_url" in missing and "url" not in missing
+        plan = http.post(missing["parts_url"]).json()
+        assert [p["size"] for p in plan["parts"]] == [MiB, MiB, MiB, 12345]
+        for p in reversed(plan["parts"][1:]):
+            body = data[p["offset"] : p["offset"] + p["size"]]
+            assert http.put(p["url"], content=body).status_code == 204
+        again = http.post(missing["parts_url"]).json()
+        assert [p["received"] for p in again["parts"]] == [False, True, True, True]
+        early = http.post(plan["complete_url"])
+        assert early.status_code == 409 and early.json()["extra"]["missing_parts"] == [1]
+        first = plan["parts"][0]
+        wrong = http.put(first["url"], content=data[:MiB], headers={"X-Part-Sha256": "0" * 64})
+        assert wrong.status_code == 422
+        short = http.put(first["url"], content=data[:100])
+        assert short.status_code == 422 and "expected" in short.json()["detail"]
+        assert http.put(first["url"], content=data[:MiB]).status_code == 204
+        assert http.post(plan["complete_url"]).status_code == 204
+        model = http.post(f"/models/{mid}/commit").json()
+        assert model["state"] == "ready"
+        assert http.get(f"/models/{mid}/files/w.bin").content == data
+
+
+def test_a_corrupt_part_is_caught_when_the_blob_completes(small_parts: RunningServer) -> None:
+    data = os.urandom(2 * MiB + 1)
+    with small_parts.client() as admin, small_parts.http() as http:
+        project = admin.create_project("p").id
+        mid, missing = _start(http, project, data)
+        plan = http.post(missing["parts_url"]).json()
+        for p in plan["parts"]:
+            body = bytearray(data[p["offset"] : p["offset"] + p["size"]])
+            if p["number"] == 2:
+                body[7] ^= 0xFF  # flipped on the way: same size, wrong bytes
+            http.put(p["url"], content=bytes(body)).raise_for_status()
+        bad = http.post(plan["complete_url"])
+        assert bad.status_code == 422 and bad.json()["code"] == "integrity_error"
+        # The bad bytes are gone: every part must be sent again, and then it completes.
+        fresh = http.post(missing["parts_url"]).json()
+        assert not any(p["received"] for p in fresh["parts"])
+        for p in fresh["parts"]:
+            http.put(p["url"], content=data[p["offset"] : p["offset"] + p["size"]]).raise_for_status()
+        assert http.post(fresh["complete_url"]).status_code == 204
+        assert http.post(f"/models/{mid}/commit").json()["state"] == "ready"
+
+
+class StopAfter:
+    """A progress report that interrupts the upload once ``limit`` bytes were sent."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.phase = ""
+        self.sent = 0
+        self.totals: dict[str, int] = {}
+
+    def start(self, phase: str, total_bytes: int) -> None:
+        self.phase = phase
+        self.totals[phase] = total_bytes
+
+    def advance(self, n: int) -> None:
+        if self.phase == "uploading":
+            self.sent += n
+            if self.sent >= self.limit:
+                raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        pass
+
+
+def test_an_interrupted_upload_resumes_without_resending(small_parts: RunningServer, tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "m", {"big.bin": os.urandom(5 * MiB), "small.txt": b"s" * 100})
+    with small_parts.client() as admin:
+        admin.parallel = 1
+        project = admin.create_project("p").id
+        stop = StopAfter(2 * MiB + 1)
+        with pytest.raises(KeyboardInterrupt):
+            admin.upload(src, project=project, name="r", progress=stop)
+        first_total = stop.totals["uploading"]
+        pending = admin.list_models(project=project, state="uploading").items
+        assert len(pending) == 1
+        again = StopAfter(10**12)
+        model = admin.upload(src, project=project, name="r", progress=again)
+        assert model.id == pending[0].id and model.state == "ready" and model.version == 1
+        assert again.totals["uploading"] < first_total - MiB  # the parts that arrived were not sent again
+        out = tmp_path / "out"
+        admin.download(model.id, out)
+        assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+
+
+def test_the_same_content_under_two_models_at_once_then_gc(
+    small_parts: RunningServer, tmp_path: Path
+) -> None:
+    shared = os.urandom(3 * MiB)
+    a = write_tree(tmp_path / "a", {"w.bin": shared, "only-a.bin": b"a" * 1000})
+    b = write_tree(tmp_path / "b", {"w.bin": shared, "only-b.bin": b"b" * 1000})
+    with small_parts.client() as admin:
+        project = admin.create_project("p").id
+        results: dict[str, Any] = {}
+
+        def up(name: str, path: Path) -> None:
+            with small_parts.client() as c:
+                results[name] = c.upload(path, project=project, name=name)
+
+        threads = [threading.Thread(target=up, args=(n, p)) for n, p in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results["a"].state == results["b"].state == "ready"
+        before = admin.gc(dry_run=True)
+        assert before["blobs_deleted"] == 0
+        admin.delete_model(results["a"].id)
+        dry = admin.gc(dry_run=True)
+        assert dry["blobs_deleted"] == 1 and dry["bytes_reclaimed"] == 1000
+        done = admin.gc()
+        assert (done["blobs_deleted"], done["bytes_reclaimed"]) == (1, 1000)
+        assert admin.gc()["blobs_deleted"] == 0
+        out = tmp_path / "out"
+        admin.download(results["b"].id, out)
+        assert (out / "w.bin").read_bytes() == shared
+        assert admin.fsck()["ok"]
+
+
+def test_content_an_upload_counts_on_is_not_collected(small_parts: RunningServer, tmp_path: Path) -> None:
+    with small_parts.client() as admin, small_parts.http() as http:
+        project = admin.create_project("p").id
+        f = write_tree(tmp_path, {"w.bin": b"content"}) / "w.bin"
+        old = admin.upload(f, project=project, name="old")
+        digest = hashlib.sha256(b"content").hexdigest()
+        plan = http.post(
+            f"/projects/{project}/models",
+            json={"name": "new", "files": [{"path": "w.bin", "size": 7, "sha256": digest}]},
+        ).json()
+        assert plan["missing"] == []  # readable through "old": nothing to send
+        admin.delete_model(old.id)
+        assert admin.gc(grace_seconds=0)["blobs_deleted"] == 0  # the upload in flight names it
+        new_id = plan["model"]["id"]
+        assert http.post(f"/models/{new_id}/commit").json()["state"] == "ready"
+        assert http.get(f"/models/{new_id}/files/w.bin").content == b"content"
+
+
+def test_fsck_finds_corrupt_and_missing_blobs(small_parts: RunningServer, tmp_path: Path) -> None:
+    with small_parts.client() as admin:
+        project = admin.create_project("p").id
+        src = write_tree(tmp_path / "m", {"a.bin": b"a" * 100, "b.bin": b"b" * 100})
+        admin.upload(src, project=project, name="m")
+        blobs = Path(small_parts.settings.data_dir) / "blobs" / "sha256"
+        a = hashlib.sha256(b"a" * 100).hexdigest()
+        b = hashlib.sha256(b"b" * 100).hexdigest()
+        (blobs / a[:2] / a[2:4] / a).write_bytes(b"x" * 100)
+        (blobs / b[:2] / b[2:4] / b).unlink()
+        report = admin.fsck()
+        assert not report["ok"] and report["corrupt"] == [a] and report["missing"] == [b]
+
+
+def test_archives_stream_the_whole_model(admin: Client, project: str, tmp_path: Path) -> None:
+    files = {"a.txt": b"alpha", "deep/ünï/b.bin": os.urandom(300_000), "empty": b""}
+    model = admin.upload(write_tree(tmp_path / "m", files), project=project, name="arch")
+    admin.download_archive(model.id, tmp_path / "m.zip")
+    with zipfile.ZipFile(tmp_path / "m.zip") as z:
+        assert {n: z.read(n) for n in z.namelist()} == files
+    admin.download_archive(model.id, tmp_path / "m.tar", format="tar")
+    with tarfile.open(tmp_path / "m.tar") as t:
+        got = {m.name: t.extractfile(m).read() for m in t.getmembers()}  # type: ignore[union-attr]
+    assert got == files
+    with pytest.raises(Exception, match="format"):
+        admin.download_archive(model.id, tmp_path / "m.rar", format="rar")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_ranges_at_odd_boundaries(server: RunningServer, admin: Client, project: str, tmp_path: Path) -> None:
+    data = os.urandom(100_003)
+    model = admin.upload(write_tree(tmp_path, {"w.bin": data}) / "w.bin", project=project, name="r")
+    with server.http() as http:
+        url = f"/models/{model.id}/files/w.bin"
+        for start, end in [
+            (0, 0),
+            (1, 1),
+            (0, 99_999),
+            (65_535, 65_536),
+            (100_002, 100_002),
+            (99_000, 200_000),
+        ]:
+            r = http.get(url, headers={"Range": f"bytes={start}-{end}"})
+            assert r.status_code == 206, (start, end)
+            assert r.content == data[start : min(end, len(data) - 1) + 1]
+        tail = http.get(url, headers={"Range": "bytes=-7"})
+        assert tail.content == data[-7:]
+        assert http.get(url, headers={"Range": "bytes=100003-"}).status_code == 416
+        etag = http.get(url).headers["etag"]
+        assert http.get(url, headers={"If-None-Match": etag}).status_code == 304
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_downloads_resume_and_never_keep_a_corrupt_file(admin: Client, project: str, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB)
+    model = admin.upload(write_tree(tmp_path / "m", {"w.bin": data}) / "w.bin", project=project, name="r")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "w.bin.part").write_bytes(data[:MiB])  # an earlier download cut off after 1 MiB
+    admin.download(model.id, out)
+    assert (out / "w.bin").read_bytes() == data and not (out / "w.bin.part").exists()
+    (out / "w.bin").unlink()
+    (out / "w.bin.part").write_bytes(b"garbage that is not the start of the file")
+    with pytest.raises(IntegrityError):
+        admin.download(model.id, out)
+    assert not (out / "w.bin").exists() and not (out / "w.bin.part").exists()
+    admin.download(model.id, out)
+    assert (out / "w.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_large_files_download_in_parallel_ranges(admin: Client, project: str, tmp_path: Path) -> None:
+    from modeldepot.client import downloader
+
+    data = os.urandom(5 * MiB + 7)
+    model = admin.upload(write_tree(tmp_path / "m", {"w.bin": data}) / "w.bin", project=project, name="r")
+    old = downloader.RANGED_THRESHOLD, downloader.RANGE_SIZE
+    downloader.RANGED_THRESHOLD, downloader.RANGE_SIZE = MiB, MiB
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        # Half the ranges arrived before an interruption: only the rest is fetched.
+        with (out / "w.bin.part").open("wb") as f:
+            f.truncate(len(data))
+            f.write(data[: 2 * MiB])
+        (out / "w.bin.part.done").write_text(f"0\n{MiB}\n")
+        admin.download(model.id, out)
+    finally:
+        downloader.RANGED_THRESHOLD, downloader.RANGE_SIZE = old
+    assert (out / "w.bin").read_bytes() == data
+    assert not (out / "w.bin.part.done").exists()
+
+
+def test_commit_with_content_gone_is_a_clear_conflict(small_parts: RunningServer) -> None:
+    with small_parts.client() as admin, small_parts.http() as http:
+        project = admin.create_project("p").id
+        mid, missing = _start(http, project, b"x" * 10)
+        r = http.post(f"/models/{mid}/commit")
+        assert r.status_code == 409 and r.json()["extra"]["missing"] == [missing["sha256"]]
+        with pytest.raises(Conflict, match="not been uploaded"):
+            admin._json("POST", f"/models/{mid}/commit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_directory_of_ten_thousand_files(admin: Client, project: str, tmp_path: Path) -> None:
+    src = tmp_path / "many"
+    for i in range(10_000):
+        d = src / f"shard-{i // 500:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.txt").write_bytes(f"file {i}\n".encode() * (1 + i % 7))
+    model = admin.upload(src, project=project, name="many")
+    assert model.file_count == 10_000
+    out = tmp_path / "out"
+    admin.download(model.id, out)
+    for i in (0, 4999, 9999):
+        rel = f"shard-{i // 500:02d}/f{i:05d}.txt"
+        assert (out / rel).read_bytes() == (src / rel).read_bytes()
+    again = admin.upload(src, project=project, name="many")
+    assert again.version == 2
