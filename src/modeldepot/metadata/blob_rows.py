@@ -7,8 +7,8 @@ collector can never delete bytes in the instant they are published again: on Pos
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ def _unreferenced(sha: Any) -> Any:
 
 class BlobRows:
     engine: Engine
+    _tx: Callable[[], AbstractContextManager[Connection]]
 
     @staticmethod
     def _upsert_blob(conn: Connection, sha256: str, size: int, now: datetime) -> None:
@@ -41,7 +42,7 @@ class BlobRows:
     @contextmanager
     def publishing_blob(self, sha256: str, size: int) -> Iterator[None]:
         """Hold blob ``sha256``'s row (created or touched) while its bytes are moved into place."""
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             self._upsert_blob(conn, sha256, size, datetime.now(UTC))
             yield
 
@@ -60,7 +61,7 @@ class BlobRows:
     def touch_blobs(self, shas: Iterable[str]) -> None:
         wanted = sorted(set(shas))
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             for i in range(0, len(wanted), 500):
                 conn.execute(
                     update(t.blobs).where(t.blobs.c.sha256.in_(wanted[i : i + 500])).values(touched_at=now)
@@ -82,7 +83,7 @@ class BlobRows:
 
         The caller deletes the bytes inside the block, while the row stays locked.
         """
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             gone = conn.execute(
                 delete(t.blobs).where(
                     t.blobs.c.sha256 == sha256, t.blobs.c.touched_at < cutoff, _unreferenced(t.blobs.c.sha256)
@@ -123,7 +124,7 @@ class BlobRows:
 
     def set_staging(self, model_id: str, sha256: str, staging_id: str, part_size: int) -> bool:
         """Record the staging area of a pending blob, unless one was recorded first (returns False)."""
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             done = conn.execute(
                 update(t.pending_blobs)
                 .where(
@@ -136,7 +137,7 @@ class BlobRows:
             return done.rowcount == 1
 
     def clear_staging(self, model_id: str, sha256: str) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(
                 update(t.pending_blobs)
                 .where(t.pending_blobs.c.model_id == model_id, t.pending_blobs.c.sha256 == sha256)
@@ -144,7 +145,7 @@ class BlobRows:
             )
 
     def add_pending(self, model_id: str, blobs: Sequence[tuple[str, int]]) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             have = set(
                 conn.scalars(select(t.pending_blobs.c.sha256).where(t.pending_blobs.c.model_id == model_id))
             )

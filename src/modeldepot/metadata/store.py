@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,11 @@ class SqlMetadataStore(BlobRows):
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
+        # SQLite lets one writer in at a time and makes the others sleep and retry; inside one
+        # process a lock hands the turn over at once instead. (Reentrant: a transaction may nest.)
+        self._write_lock: AbstractContextManager[Any] = (
+            threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -84,7 +91,7 @@ class SqlMetadataStore(BlobRows):
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             yield conn
 
     @contextmanager
