@@ -28,7 +28,7 @@ def save_login(url: str, api_key: str) -> Path:
     return path
 
 
-def make_client() -> Client:
+def make_client(parallel: int = 4) -> Client:
     ctx = click.get_current_context()
     root = ctx.find_root().params
     s = settings()
@@ -39,6 +39,6 @@ def make_client() -> Client:
         raise Unauthenticated(
             "No server configured", hint="Run `modeldepot login --url http://HOST:PORT --api-key KEY` first."
         )
-    client = Client(url, key)
+    client = Client(url, key, parallel=parallel)
     ctx.call_on_close(client.close)
     return client

@@ -45,6 +45,9 @@ def group() -> None:
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
 @click.option("--metadata", help="Free metadata as a JSON object.")
 @click.option("--dataset-ref", help="The data the model was trained on.")
+@click.option(
+    "--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Transfers at once."
+)
 @json_option
 def upload(
     path: Path,
@@ -56,9 +59,13 @@ def upload(
     tags: tuple[str, ...],
     metadata: str | None,
     dataset_ref: str | None,
+    parallel: int,
     as_json: bool,
 ) -> None:
     """Upload a file or a directory as a new model.
+
+    Only content the server lacks is sent. If the upload is cut off (network, server restart,
+    Ctrl-C), run the same command again: it resumes where it stopped.
 
     \b
     Examples:
@@ -66,7 +73,7 @@ def upload(
           --summary '{"accuracy": 0.71, "loss": 1.2}' --notes "baseline" --tag cnn --tag small
       modeldepot models upload ./checkpoints/ --name resnet --project pr…
     """
-    model = make_client().upload(
+    model = make_client(parallel).upload(
         path,
         project=project,
         name=name,
@@ -192,15 +199,20 @@ def show(model_id: str, as_json: bool) -> None:
 @group.command("download")
 @click.argument("model_id")
 @click.argument("dest", type=click.Path(path_type=Path), default=".")
+@click.option(
+    "--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Transfers at once."
+)
 @json_option
-def download(model_id: str, dest: Path, as_json: bool) -> None:
+def download(model_id: str, dest: Path, parallel: int, as_json: bool) -> None:
     """Download a model's files into DEST (hashes checked; existing good files kept).
 
     \b
     Example:
       modeldepot models download mo… ./out
     """
-    written = make_client().download(model_id, dest, progress=Bar(enabled=None if not as_json else False))
+    written = make_client(parallel).download(
+        model_id, dest, progress=Bar(enabled=None if not as_json else False)
+    )
     if as_json:
         emit_json({"files": [str(p) for p in written]})
     else:
