@@ -44,7 +44,9 @@ def test_upload_download_gc_and_fsck_on_s3(s3_server: RunningServer, tmp_path: P
             json={"name": "probe", "files": [{"path": "w", "size": len(big), "sha256": digest}]},
         ).json()
         parts = http.post(plan["missing"][0]["parts_url"]).json()["parts"]
-        assert len(parts) == 3 and all(not p["url"].startswith(s3_server.url) for p in parts)  # straight to S3
+        assert len(parts) == 3 and all(
+            not p["url"].startswith(s3_server.url) for p in parts
+        )  # straight to S3
         http.delete(f"/models/{plan['model']['id']}")
 
         model = admin.upload(src, project=project, name="m")
