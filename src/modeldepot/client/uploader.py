@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import Conflict, ConnectionFailed, ModeldepotError, ServerError
+from ..errors import (
+    Conflict,
+    ConnectionFailed,
+    ModeldepotError,
+    PermissionDenied,
+    ServerError,
+    Unauthenticated,
+)
 from ..records import Model
 from . import transfer
 
@@ -86,7 +93,9 @@ class Uploader:
         plans = []
         for item in missing:
             if "parts_url" in item:
-                plans.append((item, self.client._json("POST", item["parts_url"])))
+                plans.append(
+                    (item, self.client._json("POST", item["parts_url"]) | {"parts_url": item["parts_url"]})
+                )
             else:
                 plans.append((item, None))
         todo = 0
@@ -159,11 +168,16 @@ class Uploader:
             self.client._request("POST", plan["complete_url"])
 
         def send(part: dict[str, Any]) -> None:
-            self.client.put_to(
-                part["url"],
-                transfer.read_range(local, int(part["offset"]), int(part["size"]), self.bar.advance),
-                int(part["size"]),
-            )
+            offset, size = int(part["offset"]), int(part["size"])
+            try:
+                self.client.put_to(
+                    part["url"], transfer.read_range(local, offset, size, self.bar.advance), size
+                )
+            except (PermissionDenied, Unauthenticated):
+                # A presigned URL that expired while earlier parts were sent: ask for a fresh one, once.
+                fresh = self.client._json("POST", plan["parts_url"])
+                url = next(p["url"] for p in fresh["parts"] if p["number"] == part["number"])
+                self.client.put_to(url, transfer.read_range(local, offset, size), size)
             with lock:
                 remaining[0] -= 1
                 last = remaining[0] == 0

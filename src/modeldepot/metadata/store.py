@@ -15,6 +15,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     RowMapping,
+    and_,
     create_engine,
     delete,
     event,
@@ -115,10 +116,15 @@ class SqlMetadataStore(BlobRows):
             )
             self._replace_tags(conn, t.project_tags, "project_id", project.id, project.tags)
 
-    def _projects(self, conn: Connection, where: Any) -> list[Project]:
+    def _projects(self, conn: Connection, ids: tuple[str, ...] | None) -> list[Project]:
+        """Projects (all, or these ids) with their count of ready models; counts only what is asked."""
+        where: Any = t.projects.c.id.in_(ids) if ids is not None else True
+        count_where: Any = t.models.c.state == "ready"
+        if ids is not None:
+            count_where = and_(count_where, t.models.c.project_id.in_(ids))
         counts = (
             select(t.models.c.project_id, func.count().label("n"))
-            .where(t.models.c.state == "ready")
+            .where(count_where)
             .group_by(t.models.c.project_id)
             .subquery()
         )
@@ -153,13 +159,16 @@ class SqlMetadataStore(BlobRows):
 
     def get_project(self, project_id: str) -> Project | None:
         with self._read() as conn:
-            found = self._projects(conn, t.projects.c.id == project_id)
+            found = self._projects(conn, (project_id,))
         return found[0] if found else None
 
-    def list_projects(self, project_ids: tuple[str, ...] | None) -> list[Project]:
-        where = t.projects.c.id.in_(project_ids) if project_ids is not None else True
+    def project_exists(self, project_id: str) -> bool:
         with self._read() as conn:
-            return self._projects(conn, where)
+            return conn.scalar(select(t.projects.c.id).where(t.projects.c.id == project_id)) is not None
+
+    def list_projects(self, project_ids: tuple[str, ...] | None) -> list[Project]:
+        with self._read() as conn:
+            return self._projects(conn, project_ids)
 
     def update_project(self, project_id: str, **fields: Any) -> None:
         with self._tx() as conn:
@@ -379,8 +388,13 @@ class SqlMetadataStore(BlobRows):
             return self._to_models(conn, rows, files)[0]
 
     def list_models(self, query: ModelQuery) -> tuple[list[Model], int | None]:
+        """One page, newest first: the seqs are found on an index alone, then their rows fetched.
+
+        (Selecting the page's keys first keeps PostgreSQL on the filter's index instead of walking
+        the primary key newest-first and discarding other projects' rows.)
+        """
         m = t.models
-        stmt = select(*self._MODEL_COLS)
+        stmt = select(m.c.seq)
         seq_col = m.c.seq
         if query.tag is not None:
             # Drive the scan from the (tag, seq) index, newest first.
@@ -401,9 +415,16 @@ class SqlMetadataStore(BlobRows):
             stmt = stmt.where(m.c.state == query.state)
         if query.before_seq is not None:
             stmt = stmt.where(seq_col < query.before_seq)
-        stmt = stmt.order_by(seq_col.desc()).limit(query.limit + 1)
+        page = stmt.order_by(seq_col.desc()).limit(query.limit + 1)
         with self._read() as conn:
-            rows = list(conn.execute(stmt).mappings())
+            seqs = list(conn.scalars(page))
+            if not seqs:
+                return [], None
+            rows = list(
+                conn.execute(
+                    select(*self._MODEL_COLS).where(m.c.seq.in_(seqs)).order_by(m.c.seq.desc())
+                ).mappings()
+            )
             more = len(rows) > query.limit
             rows = rows[: query.limit]
             cursor = rows[-1]["seq"] if more and rows else None

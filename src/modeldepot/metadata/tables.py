@@ -76,10 +76,10 @@ models = Table(
     Index(None, "project_id", "upload_key"),
     # Keyset pagination (newest first) within each filter the list offers.
     Index(None, "project_id", "state", "seq"),
-    Index(None, "project_id", "name", "seq"),
-    Index(None, "name", "seq"),
+    Index(None, "project_id", "name", "state", "seq"),
+    Index(None, "name", "state", "seq"),
     Index(None, "state", "seq"),
-    Index(None, "type", "seq"),
+    Index(None, "type", "state", "seq"),
     Index(None, "expires_at"),
 )
 

@@ -59,7 +59,7 @@ class AliasService:
 
     def list_aliases(self, principal: Principal, project_id: str) -> list[Alias]:
         principal.require(project_id, "viewer")
-        if self.store.get_project(project_id) is None:
+        if not self.store.project_exists(project_id):
             raise NotFound(f"Project {project_id} not found")
         return self.store.list_aliases(project_id)
 

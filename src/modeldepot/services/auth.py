@@ -131,7 +131,7 @@ class AuthService:
         if role not in ROLES:
             raise InvalidInput(f"Role {role!r} is not known", hint=f"Use one of: {', '.join(ROLES)}.")
         principal.require(project_id, "admin")
-        if self.store.get_project(project_id) is None:
+        if not self.store.project_exists(project_id):
             raise NotFound(f"Project {project_id} not found")
         return self._new(
             name=name, user=user or principal.user, is_admin=False, roles={project_id: role}, secret=None

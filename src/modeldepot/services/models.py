@@ -150,7 +150,7 @@ class ModelService:
         project_ids = principal.visible_projects()
         if project_id is not None:
             principal.require(project_id, "viewer")
-            if self.store.get_project(project_id) is None:
+            if not self.store.project_exists(project_id):
                 raise NotFound(f"Project {project_id} not found")
             project_ids = (project_id,)
         if project_ids == ():
@@ -227,6 +227,11 @@ class ModelService:
     def delete(self, principal: Principal, model_id: str) -> None:
         model = self._visible(principal, model_id)
         principal.require(model.project_id, "editor")
+        if model.state == "uploading":
+            # Parts that arrived for an upload nobody will finish: drop them with it.
+            for pending in self.store.pending(model.id):
+                if pending.staging_id is not None:
+                    self.blobs.abort_staging(pending.staging_id)
         self.store.delete_model(model.id)
 
     def list_matching(

@@ -1,6 +1,6 @@
 """Uploads: how a model's files get in, verified, resumable and deduplicated.
 
-The native protocol (DESIGN.md "Transfers"):
+The native protocol (docs/architecture.md, "Uploads"):
 
 1. :meth:`UploadService.start` takes the model's metadata and manifest (path, size, sha256) and
    answers with the blobs still to send. Content already stored counts as sent only when this key can
@@ -101,7 +101,7 @@ class UploadService:
     ) -> UploadPlan:
         """Create a model in state ``uploading`` from its manifest, or resume the one ``upload_key`` names."""
         principal.require(project_id, "editor")
-        if self.store.get_project(project_id) is None:
+        if not self.store.project_exists(project_id):
             raise NotFound(f"Project {project_id} not found")
         key = validation.sha256(upload_key) if upload_key is not None else None
         manifest = check_manifest(files, self.limits.max_files)
@@ -346,7 +346,7 @@ class UploadService:
         Without a type the model is ``Custom``: the type is not detected later.
         """
         principal.require(project_id, "editor")
-        if self.store.get_project(project_id) is None:
+        if not self.store.project_exists(project_id):
             raise NotFound(f"Project {project_id} not found")
         now = datetime.now(UTC)
         new = NewModel(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ...records import to_json
 from ..deps import PrincipalDep, ServicesDep
@@ -14,6 +14,8 @@ router = APIRouter(tags=["keys"])
 
 
 class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     project: str | None = None
     role: str | None = None
     admin: bool = False

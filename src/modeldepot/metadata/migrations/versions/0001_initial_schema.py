@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 12:39:04.798651
+Create Date: 2026-11-27 13:14:32.502681
 """
 
 from collections.abc import Sequence
@@ -140,9 +140,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("models", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_models_expires_at"), ["expires_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_models_name_seq"), ["name", "seq"], unique=False)
+        batch_op.create_index(batch_op.f("ix_models_name_state_seq"), ["name", "state", "seq"], unique=False)
         batch_op.create_index(
-            batch_op.f("ix_models_project_id_name_seq"), ["project_id", "name", "seq"], unique=False
+            batch_op.f("ix_models_project_id_name_state_seq"),
+            ["project_id", "name", "state", "seq"],
+            unique=False,
         )
         batch_op.create_index(
             batch_op.f("ix_models_project_id_state_seq"), ["project_id", "state", "seq"], unique=False
@@ -151,7 +153,7 @@ def upgrade() -> None:
             batch_op.f("ix_models_project_id_upload_key"), ["project_id", "upload_key"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_models_state_seq"), ["state", "seq"], unique=False)
-        batch_op.create_index(batch_op.f("ix_models_type_seq"), ["type", "seq"], unique=False)
+        batch_op.create_index(batch_op.f("ix_models_type_state_seq"), ["type", "state", "seq"], unique=False)
 
     op.create_table(
         "project_tags",
@@ -243,12 +245,12 @@ def downgrade() -> None:
     op.drop_table("aliases")
     op.drop_table("project_tags")
     with op.batch_alter_table("models", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_models_type_seq"))
+        batch_op.drop_index(batch_op.f("ix_models_type_state_seq"))
         batch_op.drop_index(batch_op.f("ix_models_state_seq"))
         batch_op.drop_index(batch_op.f("ix_models_project_id_upload_key"))
         batch_op.drop_index(batch_op.f("ix_models_project_id_state_seq"))
-        batch_op.drop_index(batch_op.f("ix_models_project_id_name_seq"))
-        batch_op.drop_index(batch_op.f("ix_models_name_seq"))
+        batch_op.drop_index(batch_op.f("ix_models_project_id_name_state_seq"))
+        batch_op.drop_index(batch_op.f("ix_models_name_state_seq"))
         batch_op.drop_index(batch_op.f("ix_models_expires_at"))
 
     op.drop_table("models")
