@@ -14,9 +14,6 @@ import hashlib
 import json
 import os
 import secrets
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 
 from modeldepot import Client
 from modeldepot.config import Settings
 from modeldepot.errors import IntegrityError, InvalidInput
-from modeldepot.server import create_app
 
 from .conftest import (
     ADMIN_KEY,
@@ -38,6 +33,7 @@ from .conftest import (
     _drop_pg_db,
     _fresh_pg_db,
     _pg_available,
+    running_server,
     write_tree,
 )
 
@@ -60,32 +56,6 @@ UNSENT = sha(b"never sent")
 
 
 # -- a server per database for the whole module -------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[RunningServer]:
-    """Run modeldepot in a thread on a free port, as conftest's ``server`` fixture does."""
-    app = create_app(settings)
-    app.state.services.auth.bootstrap(ADMIN_KEY)
-    # IPPROTO_TCP, so that asyncio turns on TCP_NODELAY for accepted connections (no 40 ms stalls).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
-    try:
-        yield RunningServer(url=f"http://127.0.0.1:{port}", admin_key=ADMIN_KEY, settings=settings, app=app)
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
 
 
 @dataclasses.dataclass
@@ -125,7 +95,7 @@ def depot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         max_files_per_model=MAX_FILES,
     )
     try:
-        with serve(settings) as server, server.client() as admin, server.http() as http:
+        with running_server(settings) as server, server.client() as admin, server.http() as http:
             project = admin.create_project("vision", tags=["cv"]).id
             other = admin.create_project("empty").id
             src = write_tree(tmp / "resnet", {"weights.bin": HELLO, "sub/config.json": CONFIG})

@@ -115,13 +115,17 @@ class Client:
         return [Project.from_json(p) for p in self._json("GET", "/projects", params=params)["items"]]
 
     def get_project(self, project_id: str) -> Project:
-        return Project.from_json(self._json("GET", f"/projects/{_seg(project_id)}"))
+        return Project.from_json(self._json("GET", f"/projects/{transfer.quote_segment(project_id)}"))
 
     def rename_project(self, project_id: str, name: str) -> Project:
-        return Project.from_json(self._json("PATCH", f"/projects/{_seg(project_id)}", json={"name": name}))
+        return Project.from_json(
+            self._json("PATCH", f"/projects/{transfer.quote_segment(project_id)}", json={"name": name})
+        )
 
     def delete_project(self, project_id: str, *, force: bool = False) -> None:
-        self._request("DELETE", f"/projects/{_seg(project_id)}", params={"force": str(force).lower()})
+        self._request(
+            "DELETE", f"/projects/{transfer.quote_segment(project_id)}", params={"force": str(force).lower()}
+        )
 
     # -- models: reading ---------------------------------------------------------------------------
 
@@ -161,17 +165,20 @@ class Client:
             cursor = page.next_cursor
 
     def get_model(self, model_id: str) -> Model:
-        return Model.from_json(self._json("GET", f"/models/{_seg(model_id)}"))
+        return Model.from_json(self._json("GET", f"/models/{transfer.quote_segment(model_id)}"))
 
     def list_files(self, model_id: str) -> list[ModelFile]:
-        return [ModelFile.from_json(f) for f in self._json("GET", f"/models/{_seg(model_id)}/files")["items"]]
+        return [
+            ModelFile.from_json(f)
+            for f in self._json("GET", f"/models/{transfer.quote_segment(model_id)}/files")["items"]
+        ]
 
     # -- models: changing --------------------------------------------------------------------------
 
     def update_model(self, model_id: str, **changes: Any) -> Model:
         """Change ``name``, ``notes``, ``summary``, ``metadata``, ``dataset_ref`` or ``tags``."""
         body = {k: v for k, v in changes.items() if v is not None}
-        return Model.from_json(self._json("PATCH", f"/models/{_seg(model_id)}", json=body))
+        return Model.from_json(self._json("PATCH", f"/models/{transfer.quote_segment(model_id)}", json=body))
 
     def rename_model(self, model_id: str, name: str) -> Model:
         return self.update_model(model_id, name=name)
@@ -183,7 +190,7 @@ class Client:
         return self.update_model(model_id, remove_tags=list(tags))
 
     def delete_model(self, model_id: str) -> None:
-        self._request("DELETE", f"/models/{_seg(model_id)}")
+        self._request("DELETE", f"/models/{transfer.quote_segment(model_id)}")
 
     # -- models: transfers -------------------------------------------------------------------------
 
@@ -260,7 +267,7 @@ class Client:
         try:
             with self._http.stream(
                 "GET",
-                f"/models/{_seg(model_id)}/archive",
+                f"/models/{transfer.quote_segment(model_id)}/archive",
                 params={"format": format},
                 timeout=httpx.Timeout(None, connect=10.0),
             ) as response:
@@ -303,18 +310,24 @@ class Client:
     # -- aliases -----------------------------------------------------------------------------------
 
     def set_alias(self, project: str, model_name: str, alias: str, model_id: str) -> Alias:
-        path = f"/projects/{_seg(project)}/aliases/{_seg(model_name)}/{_seg(alias)}"
+        path = f"/projects/{transfer.quote_segment(project)}/aliases/{transfer.quote_segment(model_name)}/{transfer.quote_segment(alias)}"
         return Alias.from_json(self._json("PUT", path, json={"model_id": model_id}))
 
     def get_alias(self, project: str, model_name: str, alias: str) -> Alias:
-        path = f"/projects/{_seg(project)}/aliases/{_seg(model_name)}/{_seg(alias)}"
+        path = f"/projects/{transfer.quote_segment(project)}/aliases/{transfer.quote_segment(model_name)}/{transfer.quote_segment(alias)}"
         return Alias.from_json(self._json("GET", path))
 
     def list_aliases(self, project: str) -> list[Alias]:
-        return [Alias.from_json(a) for a in self._json("GET", f"/projects/{_seg(project)}/aliases")["items"]]
+        return [
+            Alias.from_json(a)
+            for a in self._json("GET", f"/projects/{transfer.quote_segment(project)}/aliases")["items"]
+        ]
 
     def delete_alias(self, project: str, model_name: str, alias: str) -> None:
-        self._request("DELETE", f"/projects/{_seg(project)}/aliases/{_seg(model_name)}/{_seg(alias)}")
+        self._request(
+            "DELETE",
+            f"/projects/{transfer.quote_segment(project)}/aliases/{transfer.quote_segment(model_name)}/{transfer.quote_segment(alias)}",
+        )
 
     # -- API keys ----------------------------------------------------------------------------------
 
@@ -336,11 +349,4 @@ class Client:
         return [ApiKey.from_json(k) for k in self._json("GET", "/keys", params=params)["items"]]
 
     def revoke_key(self, key_id: str) -> ApiKey:
-        return ApiKey.from_json(self._json("DELETE", f"/keys/{_seg(key_id)}"))
-
-
-def _seg(value: str, safe: str = "") -> str:
-    """One URL path segment (or a path, with ``safe='/'``), percent-encoded."""
-    from urllib.parse import quote
-
-    return quote(str(value), safe=safe)
+        return ApiKey.from_json(self._json("DELETE", f"/keys/{transfer.quote_segment(key_id)}"))

@@ -14,13 +14,13 @@ import hashlib
 import os
 import tarfile
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from ..chunks import ChunkReader
 from ..errors import ConnectionFailed, IntegrityError
 from ..records import ModelFile
 from . import transfer
@@ -42,7 +42,7 @@ class Downloader:
         self.bar = progress
 
     def run(self, model_id: str, dest: Path) -> list[Path]:
-        files = self.client._json("GET", f"/models/{_seg(model_id)}/files")["items"]
+        files = self.client._json("GET", f"/models/{transfer.quote_segment(model_id)}/files")["items"]
         targets = [(ModelFile.from_json(f), f["url"], transfer.safe_target(dest, f["path"])) for f in files]
         self.bar.start("downloading", sum(f.size for f, _, _ in targets))
         try:
@@ -135,7 +135,7 @@ class Downloader:
     def _batch(self, model_id: str, files: list[tuple[ModelFile, Path]]) -> None:
         """Many small files in one tar stream; each is still checked against its sha256."""
         wanted = {f.path: (f, target) for f, target in files}
-        url = f"{self.client.url}/api/v1/models/{_seg(model_id)}/archive"
+        url = f"{self.client.url}/api/v1/models/{transfer.quote_segment(model_id)}/archive"
         try:
             request = self.client._http.build_request(
                 "POST",
@@ -150,7 +150,7 @@ class Downloader:
             if response.status_code >= 400:
                 response.read()
                 self.client._raise_for(response)
-            stream = _IterFile(response.iter_bytes(transfer.CHUNK))
+            stream = ChunkReader(response.iter_bytes(transfer.CHUNK))
             try:
                 with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                     for member in tar:
@@ -228,29 +228,3 @@ class Downloader:
             raise IntegrityError(f"{f.path} arrived corrupted (sha256 mismatch); it was not kept")
         os.replace(part, target)
         return target
-
-
-class _IterFile:
-    """A readable file over an iterator of byte chunks (for tarfile's stream mode)."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self._chunks = chunks
-        self._buffer = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
-            try:
-                self._buffer += next(self._chunks)
-            except StopIteration:
-                break
-        if n < 0:
-            out, self._buffer = self._buffer, b""
-        else:
-            out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
-
-
-def _seg(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(str(value), safe="")

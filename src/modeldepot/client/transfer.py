@@ -118,3 +118,10 @@ def safe_target(dest: Path, stored_path: str) -> Path:
     if not target.is_relative_to(dest.resolve()):
         raise InvalidInput(f"Refusing to write {stored_path!r} outside {dest}")
     return target
+
+
+def quote_segment(value: str, safe: str = "") -> str:
+    """One URL path segment (or a path, with ``safe='/'``), percent-encoded."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe=safe)

@@ -67,12 +67,16 @@ class Uploader:
         model_id: str | None = None
         try:
             for attempt in range(3):
-                plan = self.client._json("POST", f"/projects/{_seg(project)}/models", json=body)
+                plan = self.client._json(
+                    "POST", f"/projects/{transfer.quote_segment(project)}/models", json=body
+                )
                 model_id = plan["model"]["id"]
                 missing = sorted(plan["missing"], key=lambda m: order.get(m["sha256"], 0))
                 self._send(missing, local_of)
                 try:
-                    return Model.from_json(self.client._json("POST", f"/models/{_seg(model_id)}/commit"))
+                    return Model.from_json(
+                        self.client._json("POST", f"/models/{transfer.quote_segment(model_id)}/commit")
+                    )
                 except Conflict:
                     # Content the upload counted on went away meanwhile (collected): send it too.
                     if attempt == 2:
@@ -187,9 +191,3 @@ class Uploader:
         if not todo:
             return [pool.submit(complete)]
         return [pool.submit(send, part) for part in todo]
-
-
-def _seg(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(str(value), safe="")

@@ -8,6 +8,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from ..chunks import ChunkReader
 from ..records import ModelFile
 
 Reader = Callable[[str], Iterator[bytes]]
@@ -38,26 +39,6 @@ class _Pipe:
         return out
 
 
-class _BlobFile:
-    """A readable file over a blob's chunks (what tarfile.addfile reads from)."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self._chunks = chunks
-        self._buffer = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
-            try:
-                self._buffer += next(self._chunks)
-            except StopIteration:
-                break
-        if n < 0:
-            out, self._buffer = self._buffer, b""
-        else:
-            out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
-
-
 def stream_tar(files: list[ModelFile], read: Reader) -> Iterator[bytes]:
     pipe = _Pipe()
     now = int(time.time())
@@ -65,7 +46,7 @@ def stream_tar(files: list[ModelFile], read: Reader) -> Iterator[bytes]:
         for f in files:
             info = tarfile.TarInfo(f.path)
             info.size, info.mtime, info.mode = f.size, now, 0o644
-            tar.addfile(info, _BlobFile(read(f.sha256)))
+            tar.addfile(info, ChunkReader(read(f.sha256)))
             yield pipe.take()
     yield pipe.take()
 
