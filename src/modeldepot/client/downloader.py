@@ -14,7 +14,7 @@ import hashlib
 import os
 import tarfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,12 +72,11 @@ class Downloader:
                     # Large files one after the other, each in parallel ranges on a pool of its own.
                     for f, url, target in large:
                         self._ranged(f, url, target)
-                    for future in as_completed(futures):
-                        future.result()
                 except BaseException:
                     for future in futures:
                         future.cancel()
                     raise
+                transfer.wait_all(futures)
         finally:
             self.bar.finish()
         return [target for _, _, target in targets]
@@ -208,14 +207,7 @@ class Downloader:
                 marks.write(f"{start}\n")
 
         with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
-            todo = [pool.submit(fetch, start, end) for start, end in ranges if start not in done]
-            try:
-                for future in as_completed(todo):
-                    future.result()
-            except BaseException:
-                for future in todo:
-                    future.cancel()
-                raise
+            transfer.wait_all([pool.submit(fetch, start, end) for start, end in ranges if start not in done])
         digest = transfer.sha256_file(part)
         result = self._finish(f, part, target, digest)
         done_file.unlink(missing_ok=True)

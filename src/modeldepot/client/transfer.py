@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from ..errors import IntegrityError, InvalidInput
 from ..paths import normalize_path
@@ -125,3 +126,14 @@ def quote_segment(value: str, safe: str = "") -> str:
     from urllib.parse import quote
 
     return quote(str(value), safe=safe)
+
+
+def wait_all(futures: list[Future[Any]]) -> None:
+    """Wait for every future; at the first failure cancel those not started, and raise it."""
+    try:
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise

@@ -12,7 +12,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,13 +127,7 @@ class Uploader:
                         futures.append(pool.submit(self._put_whole, item, local))
                 if batch:
                     futures.append(pool.submit(self._put_batch, batch, local_of))
-                try:
-                    for future in as_completed(futures):
-                        future.result()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+                transfer.wait_all(futures)
         finally:
             self.bar.finish()
 
