@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .._version import __version__
-from ..blobs import open_blob_store
+from ..blobs import LocalBlobStore, open_blob_store
 from ..config import Settings
 from ..metadata import SqlMetadataStore
 from ..services.container import Services
@@ -27,6 +27,7 @@ from .limits import BodyLimit
 log = logging.getLogger("modeldepot.server")
 
 CLEANUP_INTERVAL_SECONDS = 60.0
+DIRECT_TO_STORE_OVER = 4 * 1024 * 1024
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -45,7 +46,11 @@ def create_app(settings: Settings) -> FastAPI:
             max_summary_bytes=settings.max_summary_bytes,
             max_metadata_bytes=settings.max_metadata_bytes,
             max_files=settings.max_files_per_model,
-            part_threshold=settings.upload_part_size,
+            # With an object store, every blob over 4 MiB goes there directly through presigned part
+            # URLs; smaller ones come to the server many to a request (cheaper than a presign each).
+            part_threshold=settings.upload_part_size
+            if isinstance(blobs, LocalBlobStore)
+            else min(settings.upload_part_size, DIRECT_TO_STORE_OVER),
             part_size=settings.upload_part_size,
             gc_grace=timedelta(seconds=settings.gc_grace_seconds),
         ),
