@@ -44,9 +44,13 @@ def test_upload_download_gc_and_fsck_on_s3(s3_server: RunningServer, tmp_path: P
             json={"name": "probe", "files": [{"path": "w", "size": len(big), "sha256": digest}]},
         ).json()
         parts = http.post(plan["missing"][0]["parts_url"]).json()["parts"]
-        assert len(parts) == 3 and all(
-            not p["url"].startswith(s3_server.url) for p in parts
-        )  # straight to S3
+        direct = [not p["url"].startswith(s3_server.url) for p in parts]
+        assert len(parts) == 3 and all(direct)  # straight to S3
+        http.delete(f"/models/{plan['model']['id']}")
+        mid = os.urandom(4 * MiB + 512 * 1024)  # over 4 MiB: one part, also straight to the store
+        entry = {"path": "m", "size": len(mid), "sha256": hashlib.sha256(mid).hexdigest()}
+        plan = http.post(f"/projects/{project}/models", json={"name": "mid", "files": [entry]}).json()
+        assert "parts_url" in plan["missing"][0]
         http.delete(f"/models/{plan['model']['id']}")
 
         model = admin.upload(src, project=project, name="m")
