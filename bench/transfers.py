@@ -1,0 +1,1040 @@
+"""Transfer benchmark: modeldepot's uploads and downloads next to MLflow and to this machine's limits.
+
+One run measures, one after the other on the same machine and disk:
+
+- the limits: a raw Python socket server on 127.0.0.1 receiving an upload (client ``socket.sendfile``,
+  server ``recv_into`` + ``write``, ``fdatasync`` at the end), a ``socket.sendfile`` download received
+  into a file (``fdatasync`` at the end), and sha256 of the same bytes (hashlib, 1 MiB chunks);
+- modeldepot as a user runs it: ``modeldepot serve`` (port 0, a fresh data directory: SQLite and local
+  blobs) and the CLI, ``modeldepot models upload`` / ``models download``, timed from the start of the
+  CLI process to its exit (hashing included: that is what a user waits for);
+- MLflow as the peer: ``mlflow server --serve-artifacts`` and, in a child process,
+  ``mlflow.log_artifact`` / ``mlflow.log_artifacts`` inside a run and
+  ``mlflow.artifacts.download_artifacts``, timed around the call only;
+
+for a 2 GiB file of random bytes, the re-upload of that file unchanged (as a new model of the same
+name), and a directory of 2,000 small files (4-64 KiB). Prints MB/s (10^6 bytes a second) side by side,
+the ratios, the CPU time each process spent, and the targets of the issue, met or not.
+
+    .venv/bin/python bench/transfers.py              # the full run (about 3 minutes on 2 cores, idle)
+    .venv/bin/python bench/transfers.py --repeat 2   # best of 2 (about 4 minutes)
+    .venv/bin/python bench/transfers.py --size-mib 256 --files 200 --skip-mlflow   # a quick look
+
+MLflow comes from the ``bench`` extra (``pip install -e ".[bench]"``). Work files (about 5x --size-mib)
+go to a temporary directory under --work-dir (default: the system's temp directory) and are removed at
+the end, also on Ctrl-C. The page cache cannot be dropped here: the data is in it for every tool alike.
+
+On a shared machine: before each measurement the benchmark writes back dirty pages and waits for the
+rest of the machine to idle (at most --wait-quiet seconds in all); each measurement records the CPU the
+rest of the machine used meanwhile, and the ones it disturbed are named at the end. The code under test
+is identified (git commit, digest of the package); a change to it during the run is reported.
+
+A second modeldepot configuration (other ``serve`` flags, e.g. S3 blobs) is one more ``DepotSetup`` in
+``SETUPS``: it gets its own columns and its own verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+ADMIN_KEY = "md_bench_admin_" + "t" * 32
+CHUNK = 1024 * 1024
+MIB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DISTURBED = 0.3  # CPUs kept busy by the rest of the machine during a measurement that make it suspect
+QUIET = 0.1  # CPUs kept busy by the rest of the machine below which a measurement may start
+
+# -- what is measured ---------------------------------------------------------------------------------
+
+FILE_UP, FILE_DOWN, FILE_REUP, DIR_UP, DIR_DOWN = "file_up", "file_down", "file_reup", "dir_up", "dir_down"
+WORKLOADS = (FILE_UP, FILE_DOWN, FILE_REUP, DIR_UP, DIR_DOWN)
+MLFLOW, LIMIT = "MLflow", "limit"
+LIMIT_OF = {
+    FILE_UP: "raw socket upload (sendfile -> recv_into + write, fdatasync)",
+    FILE_DOWN: "sendfile download (sendfile -> recv_into + write, fdatasync)",
+    FILE_REUP: "sha256 of the file (hashlib, 1 MiB chunks)",
+    DIR_UP: "raw socket upload, the files back to back on one connection, fdatasync per file",
+    DIR_DOWN: "sendfile download, the files back to back on one connection, fdatasync per file",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    text: str
+    workload: str
+    against: str  # LIMIT or MLFLOW
+    aim: float
+    time_ratio: bool = False  # aim is a ceiling on (our seconds / their seconds), not a floor on MB/s ratio
+
+    def value(self, mine: Timing, theirs: Timing) -> float:
+        return mine.seconds / theirs.seconds if self.time_ratio else mine.mbps / theirs.mbps
+
+    def met(self, value: float) -> bool:
+        return value <= self.aim if self.time_ratio else value >= self.aim
+
+    def verdict(self, value: float) -> str:
+        if self.time_ratio:
+            shown = f"{value:.2f}x the sha256 time"
+            miss = f"{(value / self.aim - 1) * 100:.0f}% over"
+        else:
+            shown = f"{value:.2f}x"
+            miss = f"{(1 - value / self.aim) * 100:.0f}% short"
+        return f"{shown}: met" if self.met(value) else f"{shown}: NOT MET ({miss})"
+
+
+TARGETS = (
+    Target(">= 0.75x the raw socket limit", FILE_UP, LIMIT, 0.75),
+    Target(">= 0.8x the sendfile limit", FILE_DOWN, LIMIT, 0.8),
+    Target(">= 5x MLflow", FILE_UP, MLFLOW, 5.0),
+    Target(">= 2x MLflow", FILE_DOWN, MLFLOW, 2.0),
+    Target(">= 5x MLflow", DIR_UP, MLFLOW, 5.0),
+    Target(">= 5x MLflow", DIR_DOWN, MLFLOW, 5.0),
+    Target("<= 1.2x the sha256 time", FILE_REUP, LIMIT, 1.2, time_ratio=True),
+)
+
+
+# -- modeldepot configurations: one column each ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def no_extra_flags(work: Path) -> Iterator[list[str]]:
+    yield []
+
+
+@dataclasses.dataclass(frozen=True)
+class DepotSetup:
+    """One way of running ``modeldepot serve``: its own column in the table and its own verdicts.
+
+    ``prepare(work)`` wraps one fresh server (one repetition: every repetition starts empty, or
+    deduplication would skip the bytes): it may start what the server needs (an object store, ...) under
+    ``work`` and yields the extra ``serve`` flags. ``env`` is added to the server's environment.
+    """
+
+    name: str
+    prepare: Callable[[Path], contextlib.AbstractContextManager[list[str]]] = no_extra_flags
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# An S3 column is one more entry, e.g. DepotSetup("md-s3", prepare=seaweedfs, env={...}) with a
+# context manager ``seaweedfs(work)`` that starts the object store and yields ["--blob-url", "s3://..."].
+SETUPS: tuple[DepotSetup, ...] = (DepotSetup("modeldepot"),)
+
+
+# -- measurements -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timing:
+    seconds: float
+    nbytes: int
+    client_cpu: float | None = None  # user + sys seconds of the client (the CLI, the MLflow call, ...)
+    server_cpu: float | None = None  # user + sys seconds of the server's processes
+    other_cpu: float | None = None  # busy seconds of the machine's CPUs beyond these two (kernel included)
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes / self.seconds / 1e6
+
+
+Results = dict[str, dict[str, Timing]]  # column -> workload -> best timing
+
+
+def keep_best(results: Results, column: str, workload: str, timing: Timing) -> None:
+    best = results.setdefault(column, {}).get(workload)
+    if best is None or timing.seconds < best.seconds:
+        results[column][workload] = timing
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + sys, reaped children included) of every process in session ``sid``."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
+        if int(fields[3]) == sid:
+            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLK_TCK
+
+
+def system_busy() -> float:
+    """Busy CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class Meter:
+    """Wall time of a section, and the CPU time spent meanwhile by the client, the server and the rest."""
+
+    def __init__(self, client_cpu: Callable[[], float], server: Service | None = None):
+        self.client_cpu = client_cpu
+        self.server = server
+
+    def __enter__(self) -> Meter:
+        GATE()
+        self.c0 = self.client_cpu()
+        self.s0 = self.server.cpu() if self.server else 0.0
+        self.b0 = system_busy()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        self.busy = system_busy() - self.b0
+        self.client = self.client_cpu() - self.c0
+        self.served = self.server.cpu() - self.s0 if self.server else None
+
+    def timing(self, nbytes: int) -> Timing:
+        other = max(0.0, self.busy - self.client - (self.served or 0.0))
+        return Timing(self.seconds, nbytes, self.client, self.served, other)
+
+
+def machine_load(seconds: float = 2.0) -> float:
+    """How many CPUs the machine keeps busy right now (averaged over ``seconds``)."""
+    busy0, start = system_busy(), time.perf_counter()
+    time.sleep(seconds)
+    return (system_busy() - busy0) / (time.perf_counter() - start)
+
+
+def settle() -> None:
+    """Write back dirty pages before the next measurement, so that none pays for the one before."""
+    os.sync()
+
+
+@dataclasses.dataclass
+class QuietGate:
+    """Before each measurement: write back dirty pages, then wait (within a budget) for an idle machine.
+
+    On a shared machine other processes come and go; each measurement starts once the rest of the
+    machine keeps less than ``QUIET`` CPUs busy, or when the waiting budget is spent.
+    """
+
+    budget: float
+    waited: float = 0.0
+    started_busy: int = 0
+
+    def __call__(self) -> None:
+        settle()
+        start = time.perf_counter()
+        while machine_load(0.5) >= QUIET:
+            if self.waited + time.perf_counter() - start >= self.budget:
+                self.started_busy += 1
+                break
+        self.waited += time.perf_counter() - start
+
+
+GATE = QuietGate(budget=0.0)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# -- the data -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Data:
+    big: Path
+    tree: Path
+    tree_files: list[Path]  # in the order the limit measurements send them
+    small: Path  # for the untimed warm-up of each server
+
+    @property
+    def big_size(self) -> int:
+        return self.big.stat().st_size
+
+    @property
+    def tree_sizes(self) -> list[int]:
+        return [p.stat().st_size for p in self.tree_files]
+
+    def nbytes(self, workload: str) -> int:
+        return sum(self.tree_sizes) if workload in (DIR_UP, DIR_DOWN) else self.big_size
+
+
+def make_data(work: Path, size_mib: int, files: int) -> Data:
+    big = work / "model.bin"
+    with big.open("wb") as f:
+        for offset in range(0, size_mib, 64):
+            f.write(os.urandom(min(64, size_mib - offset) * MIB))
+        os.fsync(f.fileno())
+    tree = work / "checkpoints"
+    rng = random.Random(2000)
+    tree_files = []
+    for i in range(files):
+        path = tree / f"part-{i // 100:03d}" / f"shard-{i:05d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(rng.randint(4 * 1024, 64 * 1024)))
+        tree_files.append(path)
+    small = work / "warm-up" / "warm-up.bin"
+    small.parent.mkdir()
+    small.write_bytes(os.urandom(MIB))
+    settle()
+    return Data(big=big, tree=tree, tree_files=tree_files, small=small)
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Service:
+    """A server started in its own session: stopping it stops the group, nothing else."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: IO[str]
+    log_path: Path
+    url: str = ""
+
+    def cpu(self) -> float:
+        return session_cpu(self.proc.pid)
+
+    def tail(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def spawn(name: str, cmd: list[str], cwd: Path, env: Mapping[str, str]) -> Service:
+    log_path = cwd / f"{name}.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return Service(name=name, proc=proc, log=log, log_path=log_path)
+
+
+def wait_healthy(service: Service, health: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.proc.returncode}:\n{service.tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(service.url + health, timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{service.name} did not answer {health} in {timeout:.0f} s:\n{service.tail()}"
+            )
+        time.sleep(0.1)
+
+
+def venv_tool(name: str) -> str:
+    exe = Path(sys.executable).with_name(name)
+    if not exe.exists():
+        raise SystemExit(f"{exe} not found: run this with the venv's python (.venv/bin/python)")
+    return str(exe)
+
+
+# -- the limits ---------------------------------------------------------------------------------------
+
+# The other end of the limit measurements, in a process of its own (as a server would be). Each
+# connection starts with a length-prefixed JSON request: receive files (sizes known) into a directory,
+# fdatasync each, then answer one byte; or sendfile the given files back to back.
+LIMIT_SERVER = """
+import json, os, socket, struct
+BUF = 1 << 20
+view = memoryview(bytearray(BUF))
+lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+lsock.bind(("127.0.0.1", 0))
+lsock.listen(8)
+print(lsock.getsockname()[1], flush=True)
+
+def exact(conn, n):
+    data = b""
+    while len(data) < n:
+        part = conn.recv(n - len(data))
+        if not part:
+            raise EOFError
+        data += part
+    return data
+
+while True:
+    conn, _ = lsock.accept()
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        req = json.loads(exact(conn, struct.unpack("!Q", exact(conn, 8))[0]))
+        if req["op"] == "upload":
+            for i, size in enumerate(req["sizes"]):
+                fd = os.open(os.path.join(req["dest"], str(i)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    left = size
+                    while left:
+                        got = conn.recv_into(view[: min(BUF, left)])
+                        if not got:
+                            raise EOFError
+                        done = 0
+                        while done < got:
+                            done += os.write(fd, view[done:got])
+                        left -= got
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            conn.sendall(b"k")
+        else:
+            for path in req["paths"]:
+                with open(path, "rb") as f:
+                    conn.sendfile(f)
+"""
+
+
+@contextlib.contextmanager
+def limit_server(work: Path) -> Iterator[tuple[Service, int]]:
+    service = spawn("limit-server", [sys.executable, "-c", LIMIT_SERVER], work, os.environ)
+    try:
+        deadline = time.monotonic() + 30
+        while not service.log_path.read_text().strip():
+            if service.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the limit server did not start:\n{service.tail()}")
+            time.sleep(0.05)
+        yield service, int(service.log_path.read_text().split()[0])
+    finally:
+        service.stop()
+
+
+def limit_connect(port: int, request: dict[str, Any]) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = json.dumps(request).encode()
+    sock.sendall(struct.pack("!Q", len(body)) + body)
+    return sock
+
+
+def limit_upload(server: Service, port: int, files: Sequence[Path], dest: Path) -> Timing:
+    sizes = [p.stat().st_size for p in files]
+    dest.mkdir()
+    try:
+        with (
+            Meter(self_cpu, server) as meter,
+            limit_connect(port, {"op": "upload", "dest": str(dest), "sizes": sizes}) as sock,
+        ):
+            for path in files:
+                with path.open("rb") as f:
+                    sock.sendfile(f)
+            if sock.recv(1) != b"k":
+                raise RuntimeError("the limit server did not confirm the upload")
+        timing = meter.timing(sum(sizes))
+    finally:
+        remove(dest)
+        settle()
+    return timing
+
+
+def limit_download(
+    server: Service, port: int, files: Sequence[Path], dest: Path, *, sync: bool = True
+) -> Timing:
+    sizes = [p.stat().st_size for p in files]
+    view = memoryview(bytearray(CHUNK))
+    dest.mkdir()
+    try:
+        with (
+            Meter(self_cpu, server) as meter,
+            limit_connect(port, {"op": "download", "paths": [str(p) for p in files]}) as sock,
+        ):
+            for i, size in enumerate(sizes):
+                fd = os.open(dest / str(i), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    left = size
+                    while left:
+                        got = sock.recv_into(view[: min(CHUNK, left)])
+                        if not got:
+                            raise RuntimeError("the limit server closed the connection early")
+                        done = 0
+                        while done < got:
+                            done += os.write(fd, view[done:got])
+                        left -= got
+                    if sync:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        timing = meter.timing(sum(sizes))
+    finally:
+        remove(dest)
+        settle()
+    return timing
+
+
+def sha256_timing(path: Path) -> Timing:
+    with Meter(self_cpu) as meter:
+        digest = hashlib.sha256()
+        with path.open("rb", buffering=0) as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        digest.hexdigest()
+    return meter.timing(path.stat().st_size)
+
+
+def bench_limits(data: Data, work: Path, repeat: int, results: Results, notes: list[str]) -> None:
+    unsynced: Timing | None = None
+    with limit_server(work) as (server, port):
+        for _ in range(repeat):
+            keep_best(results, LIMIT, FILE_UP, limit_upload(server, port, [data.big], work / "limit-up"))
+            keep_best(
+                results, LIMIT, FILE_DOWN, limit_download(server, port, [data.big], work / "limit-down")
+            )
+            keep_best(results, LIMIT, FILE_REUP, sha256_timing(data.big))
+            keep_best(results, LIMIT, DIR_UP, limit_upload(server, port, data.tree_files, work / "limit-up"))
+            keep_best(
+                results, LIMIT, DIR_DOWN, limit_download(server, port, data.tree_files, work / "limit-down")
+            )
+            t = limit_download(server, port, [data.big], work / "limit-down", sync=False)
+            unsynced = t if unsynced is None or t.seconds < unsynced.seconds else unsynced
+    assert unsynced is not None
+    notes.append(
+        f"the sendfile download without the final fdatasync runs at {unsynced.mbps:,.0f} MB/s "
+        "(neither modeldepot's nor MLflow's download client fsyncs)"
+    )
+
+
+# -- modeldepot ---------------------------------------------------------------------------------------
+
+
+def start_modeldepot(setup: DepotSetup, data_dir: Path, flags: list[str], logs: Path) -> Service:
+    """``modeldepot serve`` on port 0, as a user runs it; the URL comes from the line it prints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
+    env |= {**setup.env, "MODELDEPOT_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY}
+    data_dir.mkdir(parents=True)
+    cmd = [venv_tool("modeldepot"), "serve", "--host", "127.0.0.1", "--port", "0"]
+    service = spawn(setup.name, [*cmd, "--data-dir", str(data_dir), *flags], logs, env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"modeldepot is running at (\S+)", service.log_path.read_text())):
+            if service.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"modeldepot serve did not start:\n{service.tail()}")
+            time.sleep(0.05)
+        service.url = found.group(1)
+        wait_healthy(service, "/api/v1/health")
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+class DepotCli:
+    """The ``modeldepot`` CLI pointed at one server by MODELDEPOT_URL / MODELDEPOT_API_KEY."""
+
+    def __init__(self, server: Service, home: Path):
+        self.server = server
+        self.exe = venv_tool("modeldepot")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
+        # XDG_CONFIG_HOME: no stored `modeldepot login` of this machine's user is read.
+        self.env |= {
+            "MODELDEPOT_URL": server.url,
+            "MODELDEPOT_API_KEY": ADMIN_KEY,
+            "XDG_CONFIG_HOME": str(home),
+        }
+
+    def run(self, *args: str) -> dict[str, Any]:
+        result, _ = self.timed(0, *args)
+        return result
+
+    def timed(self, nbytes: int, *args: str) -> tuple[dict[str, Any], Timing]:
+        with Meter(children_cpu, self.server) as meter:
+            proc = subprocess.run([self.exe, *args, "--json"], env=self.env, capture_output=True, text=True)
+        timing = meter.timing(nbytes)
+        if proc.returncode != 0:
+            raise RuntimeError(f"modeldepot {shlex.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return json.loads(proc.stdout), timing
+
+
+def bench_depot(setup: DepotSetup, data: Data, work: Path, repeat: int, results: Results) -> None:
+    for rep in range(repeat):
+        run_dir = work / f"{setup.name}-{rep}"
+        run_dir.mkdir()
+        try:
+            with setup.prepare(run_dir) as flags:
+                server = start_modeldepot(setup, run_dir / "data", flags, run_dir)
+                try:
+                    depot_once(setup.name, DepotCli(server, run_dir), data, run_dir / "out", results)
+                finally:
+                    server.stop()
+        finally:
+            remove(run_dir)
+            settle()
+
+
+def depot_once(column: str, cli: DepotCli, data: Data, out: Path, results: Results) -> None:
+    """Every workload once against a fresh, empty server."""
+
+    def measure(workload: str, *args: str) -> dict[str, Any]:
+        answer, timing = cli.timed(data.nbytes(workload), *args)
+        keep_best(results, column, workload, timing)
+        settle()
+        return answer
+
+    project = cli.run("projects", "create", "bench")["id"]
+    upload = ("models", "upload", "--project", project)
+    warm = cli.run(*upload, "--name", "warm-up", str(data.small))  # untimed: the server's first requests
+    cli.run("models", "download", warm["id"], str(out))
+    remove(out)
+    big = measure(FILE_UP, *upload, "--name", "big", str(data.big))
+    measure(FILE_DOWN, "models", "download", big["id"], str(out))
+    check_copy(out, data.big.name, [data.big_size])
+    remove(out)
+    again = measure(FILE_REUP, *upload, "--name", "big", str(data.big))
+    if again["version"] != big["version"] + 1:
+        raise RuntimeError(f"the re-upload is not the next version: {again}")
+    tree = measure(DIR_UP, *upload, "--name", "checkpoints", str(data.tree))
+    measure(DIR_DOWN, "models", "download", tree["id"], str(out))
+    check_copy(out, None, data.tree_sizes)
+    remove(out)
+
+
+def depot_phase(
+    setup: DepotSetup, data: Data, work: Path, repeat: int, results: Results
+) -> Callable[[], None]:
+    return lambda: bench_depot(setup, data, work, repeat, results)
+
+
+def check_copy(dest: Path, name: str | None, sizes: list[int]) -> None:
+    """The download holds the expected number of files and bytes (the clients check the content)."""
+    got = sorted(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    if sorted(sizes) != got or (name is not None and not (dest / name).is_file()):
+        raise RuntimeError(f"{dest} holds {len(got)} files, {sum(got)} bytes; expected {sum(sizes)} bytes")
+
+
+# -- MLflow -------------------------------------------------------------------------------------------
+
+# One MLflow operation in a child process of the venv's python, timed around the call itself: neither
+# the import of mlflow nor the start and end of the run are counted.
+MLFLOW_CLIENT = """
+import json, os, resource, sys, time
+import mlflow
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+def busy():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+op, arg = sys.argv[1], sys.argv[2]
+if op == "upload":
+    with mlflow.start_run() as run:
+        cpu0, busy0 = cpu(), busy()
+        start = time.perf_counter()
+        if os.path.isdir(arg):
+            mlflow.log_artifacts(arg, artifact_path=os.path.basename(arg))
+        else:
+            mlflow.log_artifact(arg)
+        seconds = time.perf_counter() - start
+        used, busy_used = cpu() - cpu0, busy() - busy0
+    answer = {"run_id": run.info.run_id}
+else:
+    cpu0, busy0 = cpu(), busy()
+    start = time.perf_counter()
+    mlflow.artifacts.download_artifacts(run_id=arg, artifact_path=sys.argv[3], dst_path=sys.argv[4])
+    seconds = time.perf_counter() - start
+    used, busy_used = cpu() - cpu0, busy() - busy0
+    answer = {}
+print("RESULT " + json.dumps(answer | {"seconds": seconds, "cpu": used, "busy": busy_used}), flush=True)
+"""
+
+
+def start_mlflow(work: Path) -> Service:
+    port = free_port()
+    env = dict(os.environ)
+    # No background job runner (huey consumers) competing for the 2 cores: only artifacts are measured.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    cmd = [
+        venv_tool("mlflow"),
+        "server",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(work / "mlartifacts"),
+        "--backend-store-uri",
+        f"sqlite:///{work / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    service = spawn("mlflow", cmd, work, env)
+    service.url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(service, "/health")
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def mlflow_call(server: Service, nbytes: int, *args: str) -> tuple[dict[str, Any], Timing]:
+    env = dict(os.environ) | {"MLFLOW_TRACKING_URI": server.url, "MLFLOW_HTTP_REQUEST_TIMEOUT": "3600"}
+    GATE()
+    srv0 = server.cpu()
+    proc = subprocess.run(
+        [sys.executable, "-c", MLFLOW_CLIENT, *args], env=env, capture_output=True, text=True
+    )
+    server_cpu = server.cpu() - srv0  # includes the run's start and end: a little in MLflow's disfavour
+    found = re.search(r"^RESULT (.*)$", proc.stdout, re.MULTILINE)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"mlflow {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    answer = json.loads(found.group(1))
+    other = max(0.0, answer["busy"] - answer["cpu"] - server_cpu)  # server_cpu spans more: a lower bound
+    return answer, Timing(answer["seconds"], nbytes, answer["cpu"], server_cpu, other)
+
+
+def bench_mlflow(data: Data, work: Path, repeat: int, results: Results) -> None:
+    ml_dir = work / "mlflow"
+    ml_dir.mkdir()
+    server = start_mlflow(ml_dir)
+    try:
+        out = work / "mlflow-out"
+        warm = mlflow_call(server, 0, "upload", str(data.small))[0]["run_id"]  # untimed: first requests
+        mlflow_call(server, 0, "download", warm, data.small.name, str(out))
+        remove(out)
+        for _ in range(repeat):
+
+            def measure(workload: str, *args: str) -> dict[str, Any]:
+                answer, timing = mlflow_call(server, data.nbytes(workload), *args)
+                keep_best(results, MLFLOW, workload, timing)
+                settle()
+                return answer
+
+            big = measure(FILE_UP, "upload", str(data.big))["run_id"]
+            measure(FILE_DOWN, "download", big, data.big.name, str(out))
+            check_copy(out, data.big.name, [data.big_size])
+            remove(out)
+            measure(FILE_REUP, "upload", str(data.big))  # no deduplication: the same as an upload
+            tree = measure(DIR_UP, "upload", str(data.tree))["run_id"]
+            measure(DIR_DOWN, "download", tree, data.tree.name, str(out))
+            check_copy(out, None, data.tree_sizes)
+            remove(out)
+            remove(ml_dir / "mlartifacts")  # the runs stay in the database; their bytes are not needed
+            settle()
+    finally:
+        server.stop()
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+def workload_labels(data: Data) -> dict[str, str]:
+    size = data.big_size
+    big = f"{size / 1024**3:g} GiB file" if size % 1024**3 == 0 else f"{size / MIB:g} MiB file"
+    tree = f"{len(data.tree_files):,} files ({sum(data.tree_sizes) / MIB:.0f} MiB)"
+    return {
+        FILE_UP: f"{big}, upload",
+        FILE_DOWN: f"{big}, download",
+        FILE_REUP: f"{big}, re-upload unchanged",
+        DIR_UP: f"{tree}, upload",
+        DIR_DOWN: f"{tree}, download",
+    }
+
+
+def ratio(mine: Timing | None, theirs: Timing | None) -> str:
+    return f"{mine.mbps / theirs.mbps:.2f}x" if mine and theirs else "-"
+
+
+def speed(t: Timing | None) -> str:
+    return f"{t.mbps:,.0f}" if t else "-"
+
+
+def table_rows(results: Results, setups: Sequence[str], labels: dict[str, str]) -> list[list[str]]:
+    ml = MLFLOW in results
+    header = ["workload", *(f"{s} MB/s" for s in setups)]
+    if ml:
+        header.append("MLflow MB/s")
+    header.append("limit MB/s")
+    for s in setups:
+        header += [f"{s} vs MLflow"] if ml else []
+        header.append(f"{s} vs limit")
+    rows = [header]
+    for w in WORKLOADS:
+        mine = [results[s].get(w) for s in setups]
+        row = [labels[w], *(speed(t) for t in mine)]
+        if ml:
+            row.append(speed(results[MLFLOW].get(w)))
+        row.append(speed(results[LIMIT].get(w)))
+        for t in mine:
+            row += [ratio(t, results[MLFLOW].get(w))] if ml else []
+            row.append(ratio(t, results[LIMIT].get(w)))
+        rows.append(row)
+    return rows
+
+
+def cpu_rows(results: Results, columns: Sequence[str], labels: dict[str, str]) -> list[list[str]]:
+    header = ["workload"]
+    for c in columns:
+        header += [f"{c} wall s", f"{c} client CPU s", f"{c} server CPU s", f"{c} other CPU s"]
+    rows = [header]
+    for w in WORKLOADS:
+        row = [labels[w]]
+        for c in columns:
+            t = results[c].get(w)
+            row += [f"{t.seconds:.2f}" if t else "-"]
+            for v in (t.client_cpu, t.server_cpu, t.other_cpu) if t else (None, None, None):
+                row.append(f"{v:.2f}" if v is not None else "-")
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[list[str]], markdown: bool = True) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = (
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        print("  ".join(cells))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    if markdown:
+        print("\nas Markdown:\n")
+        print("| " + " | ".join(rows[0]) + " |")
+        print("|" + "|".join(":---" if i == 0 else "---:" for i in range(len(rows[0]))) + "|")
+        for row in rows[1:]:
+            print("| " + " | ".join(row) + " |")
+
+
+def print_targets(results: Results, setups: Sequence[str], labels: dict[str, str]) -> None:
+    print("\ntargets (from the issue):")
+    texts = [f"{labels[t.workload]} {t.text}" for t in TARGETS]
+    width = max(len(text) for text in texts)
+    for target, text in zip(TARGETS, texts, strict=True):
+        theirs = results.get(target.against, {}).get(target.workload)
+        for s in setups:
+            mine = results[s].get(target.workload)
+            verdict = target.verdict(target.value(mine, theirs)) if mine and theirs else "not measured"
+            limit = results[LIMIT].get(target.workload)
+            if target.against == MLFLOW and theirs and limit and limit.mbps / theirs.mbps < target.aim:
+                verdict += f" (out of reach here: the limit itself is {limit.mbps / theirs.mbps:.2f}x MLflow)"
+            print(f"  {text:<{width}}  {s}: {verdict}")
+
+
+def machine() -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return (
+        f"nproc {os.cpu_count()} ({model}), {mem:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def software(with_mlflow: bool) -> str:
+    parts = [f"modeldepot {importlib.metadata.version('modeldepot')}"]
+    for dist in ("uvicorn", "httpx", *(("mlflow",) if with_mlflow else ())):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            parts.append(f"{dist} {importlib.metadata.version(dist)}")
+    return ", ".join(parts)
+
+
+def source_state() -> str:
+    """The modeldepot code under test: git HEAD, uncommitted changes and a digest of the package's files."""
+    spec = importlib.util.find_spec("modeldepot")
+    package = Path(spec.origin).parent if spec and spec.origin else None
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")) if package else ():
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    state = f"package digest {digest.hexdigest()[:12]}"
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+        )
+        status = subprocess.run([*git, "status", "--porcelain", "--", "src"], check=True, capture_output=True)
+        changed = len(status.stdout.splitlines())
+        state = (
+            f"git {head.stdout.strip()}"
+            + (f" + {changed} changed under src/" if changed else "")
+            + f", {state}"
+        )
+    return state
+
+
+def cli_startup() -> float:
+    """Seconds the modeldepot CLI takes to start and exit: part of every modeldepot time."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([venv_tool("modeldepot"), "--version"], check=True, capture_output=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size-mib", type=int, default=2048, help="size of the big file in MiB (2048)")
+    parser.add_argument("--files", type=int, default=2000, help="files in the directory (2000)")
+    parser.add_argument("--skip-mlflow", action="store_true", help="no MLflow")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="repetitions of everything; the best counts (1)"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=180,
+        metavar="SECONDS",
+        help="at most this long in all, wait before measurements for the rest of the machine to idle (180)",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path(tempfile.gettempdir()), help="where work files go"
+    )
+    args = parser.parse_args(argv)
+    if args.size_mib < 1 or args.files < 1 or args.repeat < 1:
+        parser.error("--size-mib, --files and --repeat must be positive")
+    with_mlflow = not args.skip_mlflow
+    if with_mlflow and importlib.util.find_spec("mlflow") is None:
+        parser.error('MLflow is not installed: pip install -e ".[bench]" (or pass --skip-mlflow)')
+    need = (5 * args.size_mib + args.files // 4 + 1024) * MIB
+    free = shutil.disk_usage(args.work_dir).free
+    if free < need:
+        parser.error(
+            f"{args.work_dir} has {free / 1024**3:.1f} GiB free; this run needs {need / 1024**3:.1f} GiB"
+        )
+
+    # A plain `kill` cleans up like Ctrl-C does: servers stopped, work files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    began = time.perf_counter()
+    GATE.budget = args.wait_quiet
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"date:    {datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"machine: {machine()}")
+    print(f"software: {software(with_mlflow)}")
+    code = source_state()
+    print(f"code:    {code}")
+    load = machine_load()
+    print(f"load:    {load:.2f} of {os.cpu_count()} CPUs busy just before the run (should be about 0)")
+    work = Path(tempfile.mkdtemp(prefix="modeldepot-transfers-", dir=args.work_dir))
+    print(f"work dir: {work} (one disk for every tool; best of {args.repeat})")
+    results: Results = {}
+    notes: list[str] = []
+    try:
+        step = time.perf_counter()
+        data = make_data(work, args.size_mib, args.files)
+        print(f"  data made in {time.perf_counter() - step:.1f} s")
+        labels = workload_labels(data)
+        phases: list[tuple[str, Callable[[], None]]] = [
+            (LIMIT, lambda: bench_limits(data, work, args.repeat, results, notes))
+        ]
+        phases += [(s.name, depot_phase(s, data, work, args.repeat, results)) for s in SETUPS]
+        if with_mlflow:
+            phases.append((MLFLOW, lambda: bench_mlflow(data, work, args.repeat, results)))
+        for name, phase in phases:
+            step, began_at = time.perf_counter(), datetime.now().strftime("%H:%M:%S")
+            phase()
+            ended_at = datetime.now().strftime("%H:%M:%S")
+            print(f"  {name}: measured in {time.perf_counter() - step:.1f} s ({began_at}-{ended_at})")
+            if name not in (LIMIT, MLFLOW) and (now := source_state()) != code:
+                # Only the modeldepot phases run modeldepot's code: a change after them does not matter.
+                notes.append(
+                    f"WARNING: the modeldepot code changed during the run ({now} after {name}): run again"
+                )
+                code = now
+        startup = cli_startup()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    for column, timings in results.items():
+        for w, t in timings.items():
+            if t.other_cpu is not None and t.other_cpu > DISTURBED * t.seconds:
+                notes.append(
+                    f"DISTURBED: {column}, {labels[w]}: the rest of the machine kept "
+                    f"{t.other_cpu / t.seconds:.2f} CPUs busy meanwhile (see 'other CPU s' below)"
+                )
+    setups = [s.name for s in SETUPS]
+    print("\nthroughput in MB/s (10^6 bytes a second; higher is better); ratios are MB/s over MB/s:\n")
+    print_table(table_rows(results, setups, labels))
+    print_targets(results, setups, labels)
+    print("\nlimits:")
+    for w in WORKLOADS:
+        print(f"  {labels[w]}: {LIMIT_OF[w]}")
+    print("\nnotes:")
+    notes.append(
+        f"waited {GATE.waited:.0f} s in all for an idle machine before measurements"
+        + (f"; {GATE.started_busy} started on a busy one (budget spent)" if GATE.started_busy else "")
+    )
+    notes += [
+        "the page cache cannot be dropped here: the source data (and what each server stored) is in it "
+        "for both tools equally; uploads and downloads are from and to the same disk",
+        f"modeldepot times are whole CLI runs (start-up alone {startup:.2f} s, hashing included); MLflow "
+        "times are the log_artifact(s) / download_artifacts call only (no import, no run start/end)",
+        "modeldepot's re-upload sends no bytes (its content is on the server already); MLflow's sends them all",
+        "each modeldepot repetition starts a fresh server and data directory (else nothing would be sent); "
+        "every server gets an untimed warm-up (a 1 MiB upload and download) first",
+        "MLflow ran with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false (no background job workers)",
+    ]
+    for note in notes:
+        print(f"  - {note}")
+    print("\nwhere the time goes: CPU seconds (user + sys) of the client and of the server's processes, and")
+    print("the machine's other busy CPU time meanwhile (kernel writeback, other processes); the limits'")
+    print(
+        f"client is this benchmark's own process; {os.cpu_count()} CPUs give {os.cpu_count()} CPU seconds a second\n"
+    )
+    print_table(cpu_rows(results, [*setups, *((MLFLOW,) if with_mlflow else ()), LIMIT], labels), False)
+    print(f"\ntotal run time {time.perf_counter() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
