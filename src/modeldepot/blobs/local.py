@@ -131,7 +131,7 @@ class LocalBlobStore:
                 yield path.name, path.stat().st_size
 
     def presign_get(self, sha256: str, expires_in: int, filename: str) -> str | None:
-        return None  # the server serves local blobs itself (with sendfile)
+        return None  # the server serves local blobs itself
 
     def publish(self, tmp: Path, sha256: str, size: int) -> None:
         """Move a verified, fsynced file into place as blob ``sha256`` (under the publish guard)."""
