@@ -186,6 +186,31 @@ class Downloader:
             done_file.write_text("")
         lock = threading.Lock()
         self.bar.advance(sum(end - start for start, end in ranges if start in done))
+        # The ranges arrive out of order; a hashing thread follows them in order as they land, so
+        # the file is hashed while it downloads (from the page cache) instead of read again after.
+        arrived = threading.Condition()
+        complete = set(done)
+        failed = threading.Event()
+        digest = hashlib.sha256()
+
+        def hash_in_order() -> None:
+            fd = os.open(part, os.O_RDONLY)
+            try:
+                for start, end in ranges:
+                    with arrived:
+                        while start not in complete and not failed.is_set():
+                            arrived.wait()
+                    if failed.is_set():
+                        return
+                    pos = start
+                    while pos < end:
+                        chunk = os.pread(fd, min(4 * 1024 * 1024, end - pos), pos)
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        pos += len(chunk)
+            finally:
+                os.close(fd)
 
         def fetch(start: int, end: int) -> None:
             response = self._get(url, {"Range": f"bytes={start}-{end - 1}"})
@@ -205,11 +230,25 @@ class Downloader:
                     raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
             with lock, done_file.open("a") as marks:
                 marks.write(f"{start}\n")
+            with arrived:
+                complete.add(start)
+                arrived.notify_all()
 
-        with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
-            transfer.wait_all([pool.submit(fetch, start, end) for start, end in ranges if start not in done])
-        digest = transfer.sha256_file(part)
-        result = self._finish(f, part, target, digest)
+        hasher = threading.Thread(target=hash_in_order, daemon=True)
+        hasher.start()
+        try:
+            with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
+                transfer.wait_all(
+                    [pool.submit(fetch, start, end) for start, end in ranges if start not in done]
+                )
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            with arrived:
+                arrived.notify_all()
+            hasher.join()
+        result = self._finish(f, part, target, digest.hexdigest())
         done_file.unlink(missing_ok=True)
         return result
 

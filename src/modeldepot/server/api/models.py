@@ -21,6 +21,13 @@ router = APIRouter(tags=["models"])
 PRESIGN_SECONDS = 3600
 
 
+class BlobFileResponse(FileResponse):
+    """Starlette's FileResponse (Range, HEAD, Last-Modified), sent in 1 MiB reads instead of 64 KiB:
+    each read is a hop to a worker thread, so fewer of them leave the event loop free for more bytes."""
+
+    chunk_size = 1024 * 1024
+
+
 class ModelUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is refused, not silently ignored
 
@@ -111,7 +118,7 @@ def download_file(
         return RedirectResponse(presigned, status_code=307, headers={"ETag": etag})
     local = services.models.blobs.local_path(found.sha256)
     if local is not None:
-        response: Response = FileResponse(
+        response: Response = BlobFileResponse(
             local,
             media_type="application/octet-stream",
             filename=filename,
