@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -15,10 +14,6 @@ from . import validation
 from .auth import Principal
 from .ports import BlobStore, MetadataStore, ModelQuery
 
-log = logging.getLogger(__name__)
-
-GRADIENT_METADATA_FILE = "gradient-model-metadata.json"
-_MAX_METADATA_FILE = 1024 * 1024
 _MAX_SIZE = 2**63 - 1  # sizes are stored as 64-bit integers
 
 

@@ -128,21 +128,19 @@ class UploadService:
                     hint="Hash the file again: it may have changed.",
                 )
             missing.setdefault(f.sha256, f.size)
-        new = NewModel(
-            id=ids.model_id(),
-            project_id=project_id,
-            name=validation.name(name, "Model name"),
-            type=validation.model_type(type)
-            if type not in (None, "")
-            else detect_type(f.path for f in manifest),
-            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
-            notes=validation.text(notes, "Notes", self.limits.max_notes),
-            tags=validation.tags(tags),
-            metadata=validation.json_object(metadata, "Metadata", self.limits.max_metadata_bytes),
-            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
+        new = self._new_model(
+            principal,
+            project_id,
+            name=name,
+            type=type,
+            default_type=detect_type(f.path for f in manifest),
+            summary=summary,
+            notes=notes,
+            tags=tags,
+            metadata=metadata,
+            dataset_ref=dataset_ref,
             source=source,
             created_at=now,
-            created_by=principal.user,
             expires_at=now + self.limits.upload_expiry,
             files=manifest,
             pending=tuple(missing.items()),
@@ -151,6 +149,36 @@ class UploadService:
         model = self.store.create_model(new)
         return UploadPlan(
             model=self.models.get(principal, model.id, with_files=False), missing=self._missing(model.id)
+        )
+
+    def _new_model(
+        self,
+        principal: Principal,
+        project_id: str,
+        *,
+        name: Any,
+        type: Any,
+        default_type: str,
+        summary: Any,
+        notes: Any,
+        tags: Any,
+        metadata: Any,
+        dataset_ref: Any,
+        **rest: Any,
+    ) -> NewModel:
+        """A new model's record from user input, every field checked (the one place they are)."""
+        return NewModel(
+            id=ids.model_id(),
+            project_id=project_id,
+            name=validation.name(name, "Model name"),
+            type=validation.model_type(type) if type not in (None, "") else default_type,
+            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
+            notes=validation.text(notes, "Notes", self.limits.max_notes),
+            tags=validation.tags(tags),
+            metadata=validation.json_object(metadata, "Metadata", self.limits.max_metadata_bytes),
+            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
+            created_by=principal.user,
+            **rest,
         )
 
     def _missing(self, model_id: str) -> tuple[MissingBlob, ...]:
@@ -349,19 +377,19 @@ class UploadService:
         if not self.store.project_exists(project_id):
             raise NotFound(f"Project {project_id} not found")
         now = datetime.now(UTC)
-        new = NewModel(
-            id=ids.model_id(),
-            project_id=project_id,
-            name=validation.name(name, "Model name"),
-            type=validation.model_type(type) if type not in (None, "") else "Custom",
-            summary=validation.json_object(summary, "Summary", self.limits.max_summary_bytes),
-            notes=validation.text(notes, "Notes", self.limits.max_notes),
-            tags=validation.tags(tags),
-            metadata={},
-            dataset_ref=validation.text(dataset_ref, "Dataset reference", 500) or None,
+        new = self._new_model(
+            principal,
+            project_id,
+            name=name,
+            type=type,
+            default_type="Custom",
+            summary=summary,
+            notes=notes,
+            tags=tags,
+            metadata=None,
+            dataset_ref=dataset_ref,
             source="dataset" if dataset_ref and ready else "upload",
             created_at=now,
-            created_by=principal.user,
             expires_at=None if ready else now + self.limits.upload_expiry,
             files=(),
             state="ready" if ready else "uploading",
