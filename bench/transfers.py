@@ -573,11 +573,13 @@ class DepotCli:
         self.server = server
         self.exe = venv_tool("modeldepot")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
-        # XDG_CONFIG_HOME: no stored `modeldepot login` of this machine's user is read.
+        # XDG_CONFIG_HOME: no stored `modeldepot login` of this machine's user is read;
+        # XDG_CACHE_HOME: the CLI's digest cache starts empty for each run.
         self.env |= {
             "MODELDEPOT_URL": server.url,
             "MODELDEPOT_API_KEY": ADMIN_KEY,
             "XDG_CONFIG_HOME": str(home),
+            "XDG_CACHE_HOME": str(home / "cache"),
         }
 
     def run(self, *args: str) -> dict[str, Any]:

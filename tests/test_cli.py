@@ -28,6 +28,7 @@ def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.
 def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
     e["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    e["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     e["COLUMNS"] = "200"
     return e
 

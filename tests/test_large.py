@@ -36,6 +36,7 @@ def test_one_gib_file_and_many_small_files(server: RunningServer, tmp_path: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
     env |= {
         "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
         "MODELDEPOT_URL": server.url,
         "MODELDEPOT_API_KEY": server.admin_key,
     }

@@ -21,6 +21,7 @@ def _env(tmp_path: Path, url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
     return env | {
         "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
         "MODELDEPOT_URL": url,
         "MODELDEPOT_API_KEY": ADMIN_KEY,
     }

@@ -301,3 +301,42 @@ def test_a_directory_of_ten_thousand_files(admin: Client, project: str, tmp_path
         assert (out / rel).read_bytes() == (src / rel).read_bytes()
     again = admin.upload(src, project=project, name="many")
     assert again.version == 2
+
+
+def test_the_digest_cache_skips_unchanged_files_and_never_trusts_a_changed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modeldepot.client import hashcache, transfer
+    from modeldepot.client.hashcache import HashCache
+
+    src = write_tree(tmp_path / "m", {"a.bin": b"a" * 1000, "b.bin": b"b" * 1000})
+    # The files were just written: trust them at once here (the next check restores the 2 s rule).
+    monkeypatch.setattr(hashcache, "RACY_SECONDS", -5.0)
+    entries = transfer.scan(src)
+    cache = HashCache(tmp_path / "cache" / "hashes.db")
+    first = transfer.build_manifest(entries, cache=cache)
+    cache.close()
+
+    read: list[Path] = []
+    real = transfer.sha256_file
+
+    def counting(path: Path, on_bytes: object = None) -> str:
+        read.append(path)
+        return real(path, on_bytes)
+
+    transfer.sha256_file = counting  # type: ignore[assignment]
+    try:
+        cache = HashCache(tmp_path / "cache" / "hashes.db")
+        assert transfer.build_manifest(entries, cache=cache) == first and read == []
+        (src / "b.bin").write_bytes(b"c" * 1000)  # same size, new content, a fresh mtime
+        again = transfer.build_manifest(entries, cache=cache)
+        cache.close()
+    finally:
+        transfer.sha256_file = real  # type: ignore[assignment]
+    assert read == [src / "b.bin"]
+    assert dict((f.path, f.sha256) for f, _ in again)["b.bin"] == hashlib.sha256(b"c" * 1000).hexdigest()
+    # With the real rule, a file changed within 2 s of being hashed is not trusted next time.
+    monkeypatch.setattr(hashcache, "RACY_SECONDS", 2.0)
+    cache = HashCache(tmp_path / "cache" / "hashes.db")
+    assert cache.get((src / "b.bin").stat()) is None
+    cache.close()

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -127,6 +127,19 @@ class ClientSettings(BaseSettings):
             / "config.json"
         )
     )
+
+    hash_cache: Path | None = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "modeldepot" / "hashes.db"
+        ),
+        description="Where the CLI remembers file digests, so unchanged files are not hashed again on "
+        "re-upload (MODELDEPOT_HASH_CACHE=none: off).",
+    )
+
+    @field_validator("hash_cache", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "0", "off", "none") else value
 
     def stored(self) -> dict[str, Any]:
         try:

@@ -39,6 +39,6 @@ def make_client(parallel: int = 4) -> Client:
         raise Unauthenticated(
             "No server configured", hint="Run `modeldepot login --url http://HOST:PORT --api-key KEY` first."
         )
-    client = Client(url, key, parallel=parallel)
+    client = Client(url, key, parallel=parallel, hash_cache=s.hash_cache)
     ctx.call_on_close(client.close)
     return client

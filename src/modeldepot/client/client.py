@@ -13,6 +13,7 @@ from ..errors import ConnectionFailed, error_from_problem
 from ..records import Alias, ApiKey, Model, ModelFile, NewApiKey, Page, Project
 from . import transfer
 from .downloader import Downloader
+from .hashcache import HashCache
 from .uploader import Uploader
 
 
@@ -46,9 +47,20 @@ class Client:
         client.download(model.id, "./out")
     """
 
-    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 60.0, parallel: int = 4):
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        parallel: int = 4,
+        hash_cache: str | os.PathLike[str] | None = None,
+    ):
         self.url = url.rstrip("/")
         self.parallel = max(1, parallel)
+        # Where to remember file digests between uploads (None: hash every file every time).
+        self.hash_cache_path = Path(hash_cache) if hash_cache is not None else None
+        self._hash_cache: HashCache | None = None
         headers = {"User-Agent": "modeldepot-sdk"}
         if api_key:
             headers["X-API-Key"] = api_key
@@ -66,6 +78,14 @@ class Client:
     def close(self) -> None:
         self._http.close()
         self._plain.close()
+        if self._hash_cache is not None:
+            self._hash_cache.close()
+            self._hash_cache = None
+
+    def hash_cache(self) -> HashCache | None:
+        if self._hash_cache is None and self.hash_cache_path is not None:
+            self._hash_cache = HashCache(self.hash_cache_path)
+        return self._hash_cache
 
     def __enter__(self) -> Client:
         return self

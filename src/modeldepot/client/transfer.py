@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from ..errors import IntegrityError, InvalidInput
 from ..paths import normalize_path
 from ..records import ModelFile
+from .hashcache import HashCache
 
 CHUNK = 1024 * 1024
 
@@ -51,15 +53,30 @@ def scan(root: Path) -> list[tuple[str, Path]]:
 
 
 def build_manifest(
-    entries: list[tuple[str, Path]], on_bytes: object = None, workers: int | None = None
+    entries: list[tuple[str, Path]],
+    on_bytes: object = None,
+    workers: int | None = None,
+    cache: HashCache | None = None,
 ) -> list[tuple[ModelFile, Path]]:
-    """Hash every file (sha256, streamed) on a few threads; hashlib releases the GIL on big buffers."""
+    """Hash every file (sha256, streamed) on a few threads; hashlib releases the GIL on big buffers.
+
+    With a ``cache``, files unchanged since they were last hashed are not read again.
+    """
 
     def one(entry: tuple[str, Path]) -> tuple[ModelFile, Path]:
         stored, local = entry
         try:
-            size = local.stat().st_size
-            digest = sha256_file(local, on_bytes)
+            st = local.stat()
+            size = st.st_size
+            digest = cache.get(st) if cache is not None else None
+            if digest is not None:
+                if callable(on_bytes):
+                    on_bytes(size)
+            else:
+                started = time.time()
+                digest = sha256_file(local, on_bytes)
+                if cache is not None:
+                    cache.put(st, digest, started)
         except FileNotFoundError:
             raise InvalidInput(f"{local} vanished while it was being read", hint="Upload again.") from None
         return ModelFile(path=stored, size=size, sha256=digest), local

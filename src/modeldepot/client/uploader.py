@@ -56,7 +56,7 @@ class Uploader:
         total = sum(local.stat().st_size for _, local in entries)
         self.bar.start("hashing", total)
         try:
-            manifest = transfer.build_manifest(entries, self.bar.advance)
+            manifest = transfer.build_manifest(entries, self.bar.advance, cache=self.client.hash_cache())
         finally:
             self.bar.finish()
         files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f, _ in manifest]

@@ -1,0 +1,62 @@
+"""A local cache of file digests, so re-uploading unchanged files does not hash them again.
+
+An entry is keyed by the file's device and inode and is valid only while its size, mtime and ctime
+(in nanoseconds) are unchanged. As git does with its index, an entry is not trusted when the file was
+modified within ``RACY_SECONDS`` of being hashed: a write in the same timestamp tick could otherwise
+go unnoticed. A wrong digest would not corrupt anything (the server verifies every byte it receives),
+but it would fail the upload.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+RACY_SECONDS = 2.0
+
+
+class HashCache:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS hashes (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,"
+            " ctime_ns INTEGER, hashed_at REAL, sha256 TEXT, PRIMARY KEY (dev, ino))"
+        )
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, int, int, int, int, float, str]] = []
+
+    def get(self, st: os.stat_result) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, ctime_ns, hashed_at, sha256 FROM hashes WHERE dev = ? AND ino = ?",
+                (st.st_dev, st.st_ino),
+            ).fetchone()
+        if row is None:
+            return None
+        size, mtime_ns, ctime_ns, hashed_at, digest = row
+        if (size, mtime_ns, ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return None
+        if max(mtime_ns, ctime_ns) / 1e9 > hashed_at - RACY_SECONDS:
+            return None
+        return str(digest)
+
+    def put(self, st: os.stat_result, sha256: str, hashed_at: float | None = None) -> None:
+        when = time.time() if hashed_at is None else hashed_at
+        with self._lock:
+            self._pending.append(
+                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, when, sha256)
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pending:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)", self._pending
+                    )
+                self._pending.clear()
+            self._db.close()
