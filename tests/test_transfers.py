@@ -340,3 +340,33 @@ def test_the_digest_cache_skips_unchanged_files_and_never_trusts_a_changed_one(
     cache = HashCache(tmp_path / "cache" / "hashes.db")
     assert cache.get((src / "b.bin").stat()) is None
     cache.close()
+
+
+def test_parts_hashed_ahead_stay_right_when_a_part_is_sent_again(tmp_path: Path) -> None:
+    from modeldepot.blobs import LocalBlobStore
+
+    data = os.urandom(3 * MiB + 100)
+    store = LocalBlobStore(tmp_path / "blobs")
+    parts = [(n, o, min(MiB, len(data) - o)) for n, o in enumerate(range(0, len(data), MiB), start=1)]
+
+    def send(number: int, body: bytes | None = None) -> None:
+        _, offset, size = parts[number - 1]
+        store.write_part(staging, number, offset, size, [body or data[offset : offset + size]], None)
+
+    # In order: hashed as they arrive; then part 2 again, first wrong, then right.
+    staging = store.begin_staging(len(data))
+    for n in (1, 2, 3, 4):
+        send(n)
+    send(2, b"x" * MiB)
+    send(2)
+    store.finish_staging(staging, hashlib.sha256(data).hexdigest(), len(data))
+    assert b"".join(store.read(hashlib.sha256(data).hexdigest())) == data
+    # Out of order, and a wrong part that is never corrected: caught when finishing.
+    other = os.urandom(len(data))
+    data = other
+    staging = store.begin_staging(len(data))
+    for n in (3, 1, 4, 2):
+        send(n)
+    send(1, b"y" * MiB)
+    with pytest.raises(IntegrityError):
+        store.finish_staging(staging, hashlib.sha256(data).hexdigest(), len(data))

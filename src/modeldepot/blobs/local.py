@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -73,6 +74,17 @@ class LocalBlobWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+class _HashAhead:
+    """The running sha256 of a staging area's leading parts (see LocalBlobStore._hash_ahead)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.hashed = 0  # bytes hashed, from the start
+        self.next_part = 1
+        self.valid = True
+        self.lock = threading.Lock()
+
+
 def _no_guard(sha256: str, size: int) -> AbstractContextManager[None]:
     return contextlib.nullcontext()
 
@@ -80,6 +92,8 @@ def _no_guard(sha256: str, size: int) -> AbstractContextManager[None]:
 class LocalBlobStore:
     def __init__(self, root: str | os.PathLike[str], guard: PublishGuard = _no_guard):
         self.root = Path(root)
+        self._ahead: dict[str, _HashAhead] = {}
+        self._ahead_lock = threading.Lock()
         # Held while a blob is moved into place; the server sets it to the metadata store's row lock
         # so that the garbage collector can never delete a blob in the instant it is re-published.
         self.guard = guard
@@ -170,6 +184,10 @@ class LocalBlobStore:
     ) -> None:
         """Write part ``number`` at ``offset``; its size (and sha256, when given) must match."""
         area = self._staging(staging_id)
+        with self._ahead_lock:
+            state = self._ahead.get(staging_id)
+        if state is not None and number <= state.next_part and (area / "parts" / str(number)).exists():
+            state.valid = False  # a part sent again may be hashed (or being hashed) with its old bytes
         digest = hashlib.sha256()
         got = 0
         try:
@@ -200,6 +218,42 @@ class LocalBlobStore:
             os.close(fd)
         marker = area / "parts" / str(number)
         marker.write_text(str(size))
+        self._hash_ahead(staging_id, number)
+
+    def _hash_ahead(self, staging_id: str, number: int) -> None:
+        """Hash the parts that now follow each other from the start, while they are in the page cache.
+
+        Parts arrive out of order; whichever request completes the next part in line hashes it (and any
+        that already wait behind it), so finishing only has to hash what is left. The running hash lives
+        in this process: after a restart, or if a part already hashed is sent again, finishing simply
+        reads everything.
+        """
+        with self._ahead_lock:
+            state = self._ahead.setdefault(staging_id, _HashAhead())
+        if number < state.next_part:
+            state.valid = False
+            return
+        if not state.lock.acquire(blocking=False):
+            return  # another request is hashing; it, or finishing, will pick this part up
+        try:
+            area = self._staging(staging_id)
+            with (area / "data").open("rb") as f:
+                while state.valid:
+                    try:
+                        size = int((area / "parts" / str(state.next_part)).read_text() or -1)
+                    except (FileNotFoundError, ValueError):
+                        return
+                    f.seek(state.hashed)
+                    left = size
+                    while left > 0 and (chunk := f.read(min(4 * 1024 * 1024, left))):
+                        state.digest.update(chunk)
+                        left -= len(chunk)
+                    state.hashed += size - left
+                    state.next_part += 1
+        except FileNotFoundError:
+            return  # aborted meanwhile
+        finally:
+            state.lock.release()
 
     def received_parts(self, staging_id: str) -> dict[int, int]:
         area = self._staging(staging_id) / "parts"
@@ -211,9 +265,17 @@ class LocalBlobStore:
     def finish_staging(self, staging_id: str, sha256: str, size: int) -> None:
         """Hash the assembled file; if it is the blob announced, fsync it and publish it."""
         data = self._staging(staging_id) / "data"
-        digest = hashlib.sha256()
-        got = 0
+        with self._ahead_lock:
+            state = self._ahead.pop(staging_id, None)
+        if state is not None:
+            state.lock.acquire()  # wait for a request still hashing ahead
+            state.lock.release()
+        if state is not None and state.valid:
+            digest, got = state.digest, state.hashed  # only the rest needs reading
+        else:
+            digest, got = hashlib.sha256(), 0
         with data.open("rb") as f:
+            f.seek(got)
             while chunk := f.read(4 * 1024 * 1024):
                 digest.update(chunk)
                 got += len(chunk)
@@ -229,6 +291,8 @@ class LocalBlobStore:
         self.abort_staging(staging_id)
 
     def abort_staging(self, staging_id: str) -> None:
+        with self._ahead_lock:
+            self._ahead.pop(staging_id, None)
         shutil.rmtree(self._staging(staging_id), ignore_errors=True)
 
     def staging_ids(self) -> list[str]:
