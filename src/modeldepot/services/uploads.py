@@ -258,11 +258,8 @@ class UploadService:
                 self.blobs.abort_staging(staging_id)
                 return self.parts(principal, model_id, sha256, url_ttl=url_ttl)
         received = self.blobs.received_parts(staging_id)
-        count = max(1, math.ceil(pending.size / part_size))
         parts = []
-        for number in range(1, count + 1):
-            offset = (number - 1) * part_size
-            size = min(part_size, pending.size - offset)
+        for number, offset, size in _layout(pending.size, part_size):
             done = received.get(number) == size
             url = None if done else self.blobs.presign_part(staging_id, number, url_ttl)
             parts.append(Part(number=number, offset=offset, size=size, received=done, url=url))
@@ -281,11 +278,12 @@ class UploadService:
         pending = self._pending(principal, model_id, sha256)
         if pending.staging_id is None or pending.part_size is None:
             raise Conflict("Ask for the part plan first (POST …/parts), then send the parts")
-        count = max(1, math.ceil(pending.size / pending.part_size))
-        if not 1 <= number <= count:
-            raise InvalidInput(f"Part {number} does not exist: blob {pending.sha256} has parts 1 to {count}")
-        offset = (number - 1) * pending.part_size
-        size = min(pending.part_size, pending.size - offset)
+        layout = _layout(pending.size, pending.part_size)
+        if not 1 <= number <= len(layout):
+            raise InvalidInput(
+                f"Part {number} does not exist: blob {pending.sha256} has parts 1 to {len(layout)}"
+            )
+        _, offset, size = layout[number - 1]
         digest = validation.sha256(part_sha256) if part_sha256 is not None else None
         self.blobs.write_part(pending.staging_id, number, offset, size, chunks, digest)
 
@@ -294,8 +292,8 @@ class UploadService:
         pending = self._pending(principal, model_id, sha256)
         if pending.staging_id is None or pending.part_size is None:
             raise Conflict(f"No part of blob {pending.sha256} has been sent yet")
-        plan = self.parts(principal, model_id, sha256)
-        absent = [p.number for p in plan.parts if not p.received]
+        received = self.blobs.received_parts(pending.staging_id)
+        absent = [n for n, _, size in _layout(pending.size, pending.part_size) if received.get(n) != size]
         if absent:
             raise Conflict(
                 f"{len(absent)} part(s) of blob {pending.sha256} have not arrived, e.g. part {absent[0]}",
@@ -437,6 +435,12 @@ class UploadService:
         except (InvalidInput, PayloadTooLarge):
             self.store.update_model(model_id, state="failed")
             raise
+
+
+def _layout(size: int, part_size: int) -> list[tuple[int, int, int]]:
+    """(number, offset, size) of each part of a blob; an empty blob has one empty part."""
+    count = max(1, math.ceil(size / part_size))
+    return [(n, (n - 1) * part_size, min(part_size, size - (n - 1) * part_size)) for n in range(1, count + 1)]
 
 
 class _FrameReader:
