@@ -25,6 +25,7 @@ import uvicorn
 from modeldepot import Client
 from modeldepot.config import Settings
 from modeldepot.server import create_app
+from modeldepot.server.dataplane import start_data_plane
 
 PG_ADMIN_URL = os.environ.get("MODELDEPOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ADMIN_KEY = "md_test_admin_" + "x" * 24
@@ -114,9 +115,14 @@ def running_server(settings: Settings) -> Iterator[RunningServer]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    # As `modeldepot serve` does: large local files move through the data plane (data_port=-1: not).
+    plane = start_data_plane(app, settings, url)
     try:
-        yield RunningServer(url=f"http://127.0.0.1:{port}", admin_key=ADMIN_KEY, settings=settings, app=app)
+        yield RunningServer(url=url, admin_key=ADMIN_KEY, settings=settings, app=app)
     finally:
+        if plane is not None:
+            plane.stop()
         srv.should_exit = True
         thread.join(timeout=20)
         sock.close()

@@ -75,7 +75,7 @@ def test_killing_the_cli_mid_upload_then_running_it_again_resumes(database_url: 
 
 def _start_server(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [*MODELDEPOT, "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        [*MODELDEPOT, "serve", "--data-dir", str(data_dir), "--port", str(port), "--data-port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -20,10 +20,14 @@ from .conftest import RunningServer, make_settings, running_server, write_tree
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def small_parts(database_url: str, tmp_path: Path) -> Iterator[RunningServer]:
-    """A server that sends files over 1 MiB in 1 MiB parts, and collects garbage without grace."""
-    settings = make_settings(database_url, tmp_path / "data", upload_part_size=MiB, gc_grace_seconds=0)
+@pytest.fixture(params=["data-plane", "api-only"])
+def small_parts(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server that sends files over 1 MiB in 1 MiB parts, and collects garbage without grace; large
+    transfers go through its data plane, or (``api-only``, --data-port -1) through the API."""
+    data_port = -1 if request.param == "api-only" else None
+    settings = make_settings(
+        database_url, tmp_path / "data", upload_part_size=MiB, gc_grace_seconds=0, data_port=data_port
+    )
     with running_server(settings) as running:
         yield running
 

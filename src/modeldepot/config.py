@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="The URL clients reach this server at, when it differs from http://HOST:PORT."
     )
+    data_port: int | None = Field(
+        None,
+        ge=-1,
+        le=65535,
+        description="Port of the data plane, which moves large files of the local blob store through signed "
+        "URLs. Default: PORT + 1 (any free port when PORT is 0); 0: any free port; -1: off (all bytes then "
+        "go through PORT). Unused with an S3 store, whose own URLs do this.",
+    )
+    data_public_url: str | None = Field(
+        None,
+        description="The URL clients reach the data plane at, when it differs from http://HOST:DATA_PORT "
+        "(with public_url set, the default is its host with DATA_PORT).",
+    )
     bootstrap_admin_key: str | None = Field(
         None,
         description="Use this as the first admin API key instead of generating one (only while no key exists).",

@@ -21,13 +21,15 @@ import hashlib
 import logging
 import secrets
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ..errors import IntegrityError, InvalidInput, StorageFull
+from ..services.ports import BlobWriter
 
 try:
     import boto3
@@ -230,6 +232,10 @@ class S3BlobStore:
         # Held while a blob is copied into place; the server sets it to the metadata store's row lock
         # so that the garbage collector can never delete a blob in the instant it is re-published.
         self.guard = guard
+        self.guard_many: Callable[[Sequence[tuple[str, int]]], AbstractContextManager[None]] = (
+            lambda blobs: contextlib.nullcontext()  # unused: commit_batch commits one by one
+        )
+        self.presign_min_size = 0  # every download goes straight to the store
         config = Config(
             signature_version="s3v4",
             # Most self-hosted stores answer only on their endpoint's host name: path style there.
@@ -352,6 +358,25 @@ class S3BlobStore:
     def size(self, sha256: str) -> int | None:
         return self._head_size(self._blob_key(sha256))
 
+    def commit_batch(self, batch: Sequence[tuple[BlobWriter, str, int]]) -> list[str]:
+        """Commit the writers several at a time (one PUT each; boto3's client is thread-safe); the
+        sha256 of those kept (the others failed their check and were discarded)."""
+
+        def commit(item: tuple[BlobWriter, str, int]) -> str | None:
+            writer, sha256, size = item
+            try:
+                writer.commit(sha256, size)
+            except IntegrityError:
+                return None
+            return sha256
+
+        if len(batch) <= 1:
+            results = [commit(item) for item in batch]
+        else:
+            with ThreadPoolExecutor(max_workers=min(8, len(batch))) as pool:
+                results = list(pool.map(commit, batch))
+        return [sha256 for sha256 in results if sha256 is not None]
+
     def writer(self) -> S3BlobWriter:
         return S3BlobWriter(self)
 
@@ -433,7 +458,9 @@ class S3BlobStore:
         upload_id = self.create_upload(self.key("staging", random))
         return random + base64.b32encode(upload_id.encode()).decode().rstrip("=").lower()
 
-    def presign_part(self, staging_id: str, number: int, expires_in: int) -> str | None:
+    def presign_part(
+        self, staging_id: str, number: int, expires_in: int, *, offset: int = 0, size: int = 0
+    ) -> str | None:
         key, upload_id = self._staging(staging_id)
         if upload_id is None:
             raise _gone(staging_id)

@@ -14,6 +14,13 @@ import click
     "--port", type=int, default=None, help="Port [MODELDEPOT_PORT, default 8750; 0 = any free port]."
 )
 @click.option(
+    "--data-port",
+    type=int,
+    default=None,
+    help="Port of the data plane that moves large files for local blobs [MODELDEPOT_DATA_PORT, default PORT+1; "
+    "0 = any free port; -1 = off].",
+)
+@click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,6 +12,7 @@ import httpx
 from ..errors import ConnectionFailed, error_from_problem
 from ..records import Alias, ApiKey, Model, ModelFile, NewApiKey, Page, Project
 from . import transfer
+from .bulk import Bulk
 from .downloader import Downloader
 from .hashcache import HashCache
 from .uploader import Uploader
@@ -62,22 +63,21 @@ class Client:
         self.hash_cache_path = Path(hash_cache) if hash_cache is not None else None
         self._hash_cache: HashCache | None = None
         headers = {"User-Agent": "modeldepot-sdk"}
-        if api_key:
-            headers["X-API-Key"] = api_key
+        self._key_headers = {"X-API-Key": api_key} if api_key else {}
+        headers.update(self._key_headers)
+        self._bulk = Bulk(
+            timeout=timeout
+        )  # per socket operation: a stalled transfer fails, a long one does not
         self._http = httpx.Client(
             base_url=self.url + "/api/v1",
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=self.parallel + 4),
         )
-        # For URLs that point elsewhere (presigned object-store URLs): never send the API key there.
-        self._plain = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=10.0), headers={"User-Agent": "modeldepot-sdk"}
-        )
 
     def close(self) -> None:
+        self._bulk.close()
         self._http.close()
-        self._plain.close()
         if self._hash_cache is not None:
             self._hash_cache.close()
             self._hash_cache = None
@@ -246,20 +246,33 @@ class Client:
         }
         return Uploader(self, progress or _NoProgress()).run(Path(path), project, meta)
 
-    def put_to(self, url: str, content: Iterator[bytes], size: int) -> None:
-        """PUT bytes to a URL the server handed out: itself (with the key) or an object store (without)."""
-        http = self._http if url.startswith(self.url + "/") else self._plain
-        try:
-            response = http.put(
-                url,
-                content=content,
-                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-                timeout=httpx.Timeout(None, connect=10.0),
-            )
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"Sending to {url.split('?')[0]} failed: {exc}") from exc
-        if response.status_code >= 400:
-            self._raise_for(response)
+    def put_file(
+        self, url: str, path: Path, offset: int, size: int, on_bytes: Callable[[int], None] | None = None
+    ) -> None:
+        """PUT part of a local file to a URL the server handed out: itself (with the key), its data
+        plane or an object store (presigned: without the key)."""
+        headers = self._key_headers if url.startswith(self.url + "/") else {}
+        self._bulk.put_file(url, path, offset, size, headers, on_bytes)
+
+    def get_into(
+        self,
+        url: str,
+        sink: Callable[[memoryview], None],
+        headers: dict[str, str] | None = None,
+        *,
+        on_start: Callable[[int], None] | None = None,
+    ) -> int:
+        """GET a URL the server handed out, feeding the body to ``sink``; the HTTP status.
+
+        A redirect (to a presigned URL) is followed once, without the key.
+        """
+        own = url.startswith(self.url + "/")
+        sent = {**(self._key_headers if own else {}), **(headers or {})}
+        status, response = self._bulk.get_into(url, sink, sent, on_start)
+        location = response.getheader("Location")
+        if status in (302, 303, 307) and location:
+            status, _ = self._bulk.get_into(location, sink, headers or {}, on_start)
+        return status
 
     def download(
         self, model_id: str, dest: str | os.PathLike[str], *, progress: Progress | None = None

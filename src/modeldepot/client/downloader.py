@@ -16,7 +16,7 @@ import tarfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
@@ -87,21 +87,6 @@ class Downloader:
             return True
         return False
 
-    def _get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
-        http = self.client._http if url.startswith(self.client.url + "/") else self.client._plain
-        try:
-            request = http.build_request(
-                "GET", url, headers=headers, timeout=httpx.Timeout(None, connect=10.0)
-            )
-            response = http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"Download from {self.client.url} failed: {exc}") from exc
-        if response.status_code >= 400:
-            response.read()
-            response.close()
-            self.client._raise_for(response)
-        return response
-
     def _whole(self, f: ModelFile, url: str, target: Path) -> Path:
         part = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
@@ -114,21 +99,24 @@ class Downloader:
                 while chunk := existing.read(transfer.CHUNK):
                     digest.update(chunk)
             self.bar.advance(have)
-        response = self._get(url, {"Range": f"bytes={have}-"} if have and have < f.size else None)
-        with contextlib.closing(response):
-            if have and response.status_code != 206:
-                digest, have = hashlib.sha256(), 0  # the server sent the whole file after all
-            if have < f.size or response.status_code != 206:
-                try:
-                    with part.open("ab" if have else "wb") as out:
-                        for chunk in response.iter_bytes(transfer.CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            self.bar.advance(len(chunk))
-                except httpx.TransportError as exc:
-                    raise ConnectionFailed(
-                        f"Download of {f.path} was cut off: {exc}; run it again to resume"
-                    ) from exc
+        if have and have == f.size:
+            return self._finish(f, part, target, digest.hexdigest())
+        with part.open("r+b" if have else "wb", buffering=0) as out:
+            out.seek(have)
+
+            def on_start(status: int) -> None:
+                nonlocal digest
+                if have and status == 200:  # the server sent the whole file after all: start over
+                    out.seek(0)
+                    out.truncate()
+                    digest = hashlib.sha256()
+
+            def sink(view: memoryview) -> None:
+                _write_all(out, view)
+                digest.update(view)
+                self.bar.advance(len(view))
+
+            self.client.get_into(url, sink, {"Range": f"bytes={have}-"} if have else None, on_start=on_start)
         return self._finish(f, part, target, digest.hexdigest())
 
     def _batch(self, model_id: str, files: list[tuple[ModelFile, Path]]) -> None:
@@ -194,40 +182,43 @@ class Downloader:
         digest = hashlib.sha256()
 
         def hash_in_order() -> None:
-            fd = os.open(part, os.O_RDONLY)
-            try:
+            buf = memoryview(bytearray(4 * 1024 * 1024))
+            with part.open("rb", buffering=0) as src:
                 for start, end in ranges:
                     with arrived:
                         while start not in complete and not failed.is_set():
                             arrived.wait()
                     if failed.is_set():
                         return
+                    src.seek(start)
                     pos = start
                     while pos < end:
-                        chunk = os.pread(fd, min(4 * 1024 * 1024, end - pos), pos)
-                        if not chunk:
+                        n = src.readinto(buf[: min(len(buf), end - pos)])
+                        if not n:
                             break
-                        digest.update(chunk)
-                        pos += len(chunk)
-            finally:
-                os.close(fd)
+                        digest.update(buf[:n])
+                        pos += n
 
         def fetch(start: int, end: int) -> None:
-            response = self._get(url, {"Range": f"bytes={start}-{end - 1}"})
-            with contextlib.closing(response):
-                if response.status_code != 206:
-                    raise ConnectionFailed(f"The server did not answer a range request for {f.path}")
-                fd = os.open(part, os.O_WRONLY)
-                try:
-                    offset = start
-                    for chunk in response.iter_bytes(transfer.CHUNK):
-                        os.pwrite(fd, chunk, offset)
-                        offset += len(chunk)
-                        self.bar.advance(len(chunk))
-                finally:
-                    os.close(fd)
-                if offset != end:
-                    raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
+            with part.open("r+b", buffering=0) as out:
+                out.seek(start)
+                pos = start
+
+                def sink(view: memoryview) -> None:
+                    nonlocal pos
+                    if pos + len(view) > end:
+                        raise ConnectionFailed(f"The server sent more than the range asked for {f.path}")
+                    _write_all(out, view)
+                    pos += len(view)
+                    self.bar.advance(len(view))
+
+                def on_start(status: int) -> None:
+                    if status != 206:  # before a byte is written where it does not belong
+                        raise ConnectionFailed(f"The server did not answer a range request for {f.path}")
+
+                self.client.get_into(url, sink, {"Range": f"bytes={start}-{end - 1}"}, on_start=on_start)
+            if pos != end:
+                raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
             with lock, done_file.open("a") as marks:
                 marks.write(f"{start}\n")
             with arrived:
@@ -259,3 +250,9 @@ class Downloader:
             raise IntegrityError(f"{f.path} arrived corrupted (sha256 mismatch); it was not kept")
         os.replace(part, target)
         return target
+
+
+def _write_all(out: BinaryIO, view: memoryview) -> None:
+    while view:
+        n = out.write(view)
+        view = view[n:]

@@ -108,27 +108,6 @@ def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iter
         )
 
 
-def read_range(path: Path, offset: int, size: int, on_bytes: object = None) -> Iterator[bytes]:
-    """``size`` bytes of the file from ``offset`` (one part of a large blob)."""
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path} vanished before it was uploaded", hint="Upload again.") from None
-    with f:
-        f.seek(offset)
-        left = size
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                raise IntegrityError(
-                    f"{path} shrank while it was being uploaded", hint="Upload it again when stable."
-                )
-            left -= len(chunk)
-            if callable(on_bytes):
-                on_bytes(len(chunk))
-            yield chunk
-
-
 def safe_target(dest: Path, stored_path: str) -> Path:
     """Where a stored path lands under ``dest``; refuses anything that would escape it."""
     clean = normalize_path(stored_path)

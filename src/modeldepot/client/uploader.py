@@ -21,6 +21,7 @@ import httpx
 from ..errors import (
     Conflict,
     ConnectionFailed,
+    IntegrityError,
     ModeldepotError,
     PermissionDenied,
     ServerError,
@@ -133,13 +134,11 @@ class Uploader:
 
     def _put_whole(self, item: dict[str, Any], local: Path) -> None:
         size = int(item["size"])
-        self.client._request(
-            "PUT",
-            item["url"],
-            content=transfer.read_chunks(local, size, self.bar.advance),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-            timeout=httpx.Timeout(None, connect=10.0),
-        )
+        if local.stat().st_size != size:
+            raise IntegrityError(
+                f"{local} changed while it was being uploaded", hint="Upload it again when stable."
+            )
+        self.client.put_file(item["url"], local, 0, size, self.bar.advance)
 
     def _put_batch(self, items: list[dict[str, Any]], local_of: dict[str, Path]) -> None:
         def frames() -> Iterator[bytes]:
@@ -168,14 +167,12 @@ class Uploader:
         def send(part: dict[str, Any]) -> None:
             offset, size = int(part["offset"]), int(part["size"])
             try:
-                self.client.put_to(
-                    part["url"], transfer.read_range(local, offset, size, self.bar.advance), size
-                )
+                self.client.put_file(part["url"], local, offset, size, self.bar.advance)
             except (PermissionDenied, Unauthenticated):
                 # A presigned URL that expired while earlier parts were sent: ask for a fresh one, once.
                 fresh = self.client._json("POST", plan["parts_url"])
                 url = next(p["url"] for p in fresh["parts"] if p["number"] == part["number"])
-                self.client.put_to(url, transfer.read_range(local, offset, size), size)
+                self.client.put_file(url, local, offset, size)
             with lock:
                 remaining[0] -= 1
                 last = remaining[0] == 0

@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     blobs = open_blob_store(settings.resolved_blob_url())
     # Moving bytes into place holds the blob's row, as the garbage collector does when deleting.
     blobs.guard = store.publishing_blob
+    blobs.guard_many = store.publishing_blobs
     services = Services.build(
         store,
         blobs,

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from .app import create_app
+from .dataplane import DataPlane, start_data_plane
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -73,10 +74,13 @@ def run(overrides: dict[str, Any]) -> None:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     url = settings.public_url or f"http://{shown_host}:{port}"
+    plane = _start_data_plane(settings, app, url)
     new_key = app.state.services.auth.bootstrap(settings.bootstrap_admin_key)
     click.echo(f"modeldepot is running at {url}")
     click.echo(f"  database: {_redact(settings.resolved_database_url())}")
     click.echo(f"  blobs:    {settings.resolved_blob_url()}")
+    if plane is not None:
+        click.echo(f"  data:     {plane.url} (large files, signed URLs)")
     if new_key is not None and settings.bootstrap_admin_key is None:
         click.echo("")
         click.echo("First start: an admin API key was created. It is shown only this once:")
@@ -87,7 +91,21 @@ def run(overrides: dict[str, Any]) -> None:
     click.echo("Press Ctrl-C to stop.", err=False)
     sys.stdout.flush()
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if plane is not None:
+            plane.stop()
+
+
+def _start_data_plane(settings: Settings, app: Any, api_url: str) -> DataPlane | None:
+    try:
+        return start_data_plane(app, settings, api_url)
+    except OSError as exc:
+        _fail(
+            f"cannot listen on {settings.host} port {exc.filename} for the data plane: {exc.strerror}",
+            "Pick its port with --data-port (MODELDEPOT_DATA_PORT), or turn it off with --data-port -1.",
+        )
 
 
 def _redact(url: str) -> str:

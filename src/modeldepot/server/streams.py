@@ -8,7 +8,9 @@ from typing import TypeVar
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+
+from ..errors import IntegrityError
 
 T = TypeVar("T")
 
@@ -29,6 +31,11 @@ async def consume_body(request: Request, consume: Callable[[Iterator[bytes]], T]
                 piece = await stream.__anext__()
             except StopAsyncIteration:
                 break
+            except ClientDisconnect:
+                # Nobody will read the answer; this only ends the request quietly, nothing is kept.
+                raise IntegrityError(
+                    "The connection closed before the whole body arrived", hint="Send it again."
+                ) from None
             pieces.append(piece)
             size += len(piece)
         return b"".join(pieces) if pieces else None

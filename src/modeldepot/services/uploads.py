@@ -218,12 +218,13 @@ class UploadService:
     def receive_batch(self, principal: Principal, model_id: str, body: Iterator[bytes]) -> int:
         """Many small blobs in one body: frames of ``<sha256 hex> <size>\\n<bytes>``, each verified.
 
-        Blobs that arrived whole are kept and ticked off even if a later frame is bad.
+        Blobs that arrived whole and intact are kept and ticked off even if another frame is bad.
         """
         model = self._uploading(principal, model_id)
         pending = {p.sha256: p.size for p in self.store.pending(model.id)}
         reader = _FrameReader(body)
-        received: list[str] = []
+        batch: list[tuple[BlobWriter, str, int]] = []
+        current: BlobWriter | None = None
         try:
             while (header := reader.header()) is not None:
                 digest, size = header
@@ -232,19 +233,26 @@ class UploadService:
                         f"Blob {digest} ({size} bytes) is not a pending blob of model {model_id}",
                         hint="Send only the blobs the upload plan lists as missing.",
                     )
-                writer = self.blobs.writer()
-                try:
-                    for chunk in reader.body(size):
-                        writer.write(chunk)
-                    writer.commit(digest, size)
-                except BaseException:
-                    writer.abort()
-                    raise
-                received.append(digest)
+                current = self.blobs.writer()
+                for chunk in reader.body(size):
+                    current.write(chunk)
+                batch.append((current, digest, size))
+                current = None
         finally:
-            if received:
-                self.store.mark_received(model.id, *received)
-        return len(received)
+            if current is not None:
+                current.abort()  # cut off in the middle of its bytes
+            # One commit for the whole batch (the local store fsyncs and indexes it in one pass).
+            kept = self.blobs.commit_batch(batch)
+            if kept:
+                self.store.mark_received(model.id, *kept)
+        corrupt = [digest for _, digest, _ in batch if digest not in set(kept)]
+        if corrupt:
+            raise IntegrityError(
+                f"{len(corrupt)} blob(s) arrived corrupted (sha256 mismatch), e.g. {corrupt[0]}; "
+                f"they were discarded, the {len(kept)} others were kept",
+                hint="The files changed or were corrupted in transit: upload again.",
+            )
+        return len(kept)
 
     def parts(self, principal: Principal, model_id: str, sha256: str, *, url_ttl: int = 3600) -> PartPlan:
         """The parts of a large blob and which of them arrived; opens the staging area on first use."""
@@ -261,7 +269,11 @@ class UploadService:
         parts = []
         for number, offset, size in _layout(pending.size, part_size):
             done = received.get(number) == size
-            url = None if done else self.blobs.presign_part(staging_id, number, url_ttl)
+            url = (
+                None
+                if done
+                else self.blobs.presign_part(staging_id, number, url_ttl, offset=offset, size=size)
+            )
             parts.append(Part(number=number, offset=offset, size=size, received=done, url=url))
         return PartPlan(sha256=pending.sha256, size=pending.size, part_size=part_size, parts=tuple(parts))
 

@@ -87,15 +87,18 @@ def delete_model(model_id: str, principal: PrincipalDep, services: ServicesDep) 
 
 @router.get("/models/{model_id}/files")
 def list_files(model_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
-    """Every file with its size, sha256 and the URL to GET it (presigned, with an object store)."""
+    """Every file with its size, sha256 and the URL to GET it: presigned (to the object store, or to
+    the data plane for large local files), or on this server."""
     files = services.models.files(principal, model_id)
     base = str(request.url_for("list_files", model_id=model_id))
     blobs = services.models.blobs
     items = []
     for f in files:
         name = f.path.rsplit("/", 1)[-1]
-        url = blobs.presign_get(f.sha256, PRESIGN_SECONDS, name) or f"{base}/{quote(f.path, safe='/')}"
-        items.append(to_json(f) | {"url": url})
+        presigned = (
+            blobs.presign_get(f.sha256, PRESIGN_SECONDS, name) if f.size >= blobs.presign_min_size else None
+        )
+        items.append(to_json(f) | {"url": presigned or f"{base}/{quote(f.path, safe='/')}"})
     return {"items": items}
 
 
@@ -113,7 +116,12 @@ def download_file(
         return Response(status_code=304, headers={"ETag": etag})
     headers = {"X-Content-Type-Options": "nosniff", "X-Checksum-Sha256": found.sha256}
     filename = found.path.rsplit("/", 1)[-1]
-    presigned = services.models.blobs.presign_get(found.sha256, PRESIGN_SECONDS, filename)
+    blobs = services.models.blobs
+    presigned = (
+        blobs.presign_get(found.sha256, PRESIGN_SECONDS, filename)
+        if found.size >= blobs.presign_min_size
+        else None
+    )
     if presigned is not None:
         return RedirectResponse(presigned, status_code=307, headers={"ETag": etag})
     local = services.models.blobs.local_path(found.sha256)

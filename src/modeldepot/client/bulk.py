@@ -1,0 +1,201 @@
+"""Bulk bytes over plain ``http.client``: a file range sent with ``sendfile``, a body read with
+``readinto`` into a reused buffer.
+
+httpx (which the SDK uses for everything else) hands a body over in small ``bytes`` objects and
+costs several times the CPU of the transfer itself at disk speeds; these two calls move a large
+part or range with next to no Python work per byte. Each thread keeps its own keep-alive
+connection per host. A connection the server closed while it sat idle is retried once on a new
+one (sending a part or fetching a range again is harmless).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConnectionFailed, IntegrityError, error_from_problem
+
+SEND_SLICE = 8 * 1024 * 1024  # sendfile in slices of this size, to report progress
+BUFFER = 1024 * 1024
+
+_RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class Bulk:
+    def __init__(self, timeout: float | None = None, user_agent: str = "modeldepot-sdk"):
+        self.timeout = timeout
+        self.user_agent = user_agent
+        self._local = threading.local()
+        self._all: set[http.client.HTTPConnection] = set()  # of every thread, for close()
+        self._all_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, set()
+        for conn in conns:
+            conn.close()
+
+    def _conn(self, scheme: str, netloc: str, fresh: bool = False) -> http.client.HTTPConnection:
+        conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault(
+            "conns", {}
+        )
+        key = (scheme, netloc)
+        conn = conns.get(key)
+        if conn is not None and not fresh:
+            return conn
+        if conn is not None:
+            self._forget(conn)
+        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        conn = cls(netloc, timeout=self.timeout)
+        conns[key] = conn
+        with self._all_lock:
+            self._all.add(conn)
+        return conn
+
+    def _forget(self, conn: http.client.HTTPConnection) -> None:
+        conns = self._local.__dict__.get("conns", {})
+        for key in [k for k, c in conns.items() if c is conn]:
+            del conns[key]
+        conn.close()
+        with self._all_lock:
+            self._all.discard(conn)
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        send_body: Callable[[http.client.HTTPConnection], None] | None,
+    ) -> http.client.HTTPResponse:
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        for attempt in (1, 2):
+            conn = self._conn(parts.scheme, parts.netloc, fresh=attempt == 2)
+            try:
+                conn.putrequest(method, target, skip_accept_encoding=True)
+                conn.putheader("User-Agent", self.user_agent)
+                for name, value in headers.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                if conn.sock is not None:
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if send_body is not None:
+                    try:
+                        send_body(conn)
+                    except _RETRYABLE:
+                        # The server may have refused the body and answered before it closed: read why.
+                        try:
+                            return conn.getresponse()
+                        except (OSError, http.client.HTTPException):
+                            raise BrokenPipeError("the connection closed while sending") from None
+                return conn.getresponse()
+            except _RETRYABLE as exc:
+                self._forget(conn)
+                if attempt == 2:
+                    raise ConnectionFailed(f"{parts.netloc} closed the connection: {exc}") from exc
+            except OSError as exc:
+                self._forget(conn)
+                raise ConnectionFailed(f"Transfer to or from {parts.netloc} failed: {exc}") from exc
+            except BaseException:
+                self._forget(conn)  # cut off in the middle of a request (Ctrl-C, a bad file): unusable
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_for(response: http.client.HTTPResponse) -> None:
+        body = response.read()
+        try:
+            detail: Any = json.loads(body)
+        except ValueError:
+            detail = body.decode("utf-8", "replace")
+        raise error_from_problem(response.status, detail)
+
+    def put_file(
+        self,
+        url: str,
+        path: Path,
+        offset: int,
+        size: int,
+        headers: Mapping[str, str] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        """PUT ``size`` bytes of ``path`` from ``offset`` (zero-copy where the OS allows)."""
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise IntegrityError(f"{path} vanished before it was uploaded", hint="Upload again.") from None
+        with f:
+            if os.fstat(f.fileno()).st_size < offset + size:
+                raise IntegrityError(
+                    f"{path} shrank while it was being uploaded", hint="Upload it again when stable."
+                )
+
+            def send(conn: http.client.HTTPConnection) -> None:
+                assert conn.sock is not None
+                pos, left = offset, size
+                while left:
+                    sent = conn.sock.sendfile(f, pos, min(SEND_SLICE, left))
+                    if not sent:
+                        raise BrokenPipeError("the file ended early")
+                    pos += sent
+                    left -= sent
+                    if on_bytes is not None:
+                        on_bytes(sent)
+
+            all_headers = {
+                "Content-Length": str(size),
+                "Content-Type": "application/octet-stream",
+                **(headers or {}),
+            }
+            response = self._exchange("PUT", url, all_headers, send)
+            with response:
+                if response.status >= 400:
+                    self._raise_for(response)
+                response.read()
+
+    def get_into(
+        self,
+        url: str,
+        sink: Callable[[memoryview], None],
+        headers: Mapping[str, str] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> tuple[int, http.client.HTTPResponse]:
+        """GET ``url`` and feed its body to ``sink`` in pieces of one reused buffer; (status, response).
+
+        The body of any answer but 200 and 206 is not fed (a 3xx is returned for the caller to follow;
+        4xx and 5xx raise the error the body describes)."""
+        response = self._exchange("GET", url, {"Accept-Encoding": "identity", **(headers or {})}, None)
+        with response:
+            if response.status >= 400:
+                self._raise_for(response)
+            if response.status not in (200, 206):
+                response.read()
+                return response.status, response
+            buf = memoryview(bytearray(BUFFER))
+            try:
+                if on_start is not None:
+                    on_start(response.status)
+                while n := response.readinto(buf):
+                    sink(buf[:n])
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(url)
+                raise ConnectionFailed(
+                    f"The download from {urlsplit(url).netloc} was cut off: {exc}"
+                ) from exc
+            except BaseException:
+                self._drop(url)  # the rest of the body is still on the connection
+                raise
+            return response.status, response
+
+    def _drop(self, url: str) -> None:
+        parts = urlsplit(url)
+        conn = self._local.__dict__.get("conns", {}).pop((parts.scheme, parts.netloc), None)
+        if conn is not None:
+            self._forget(conn)
