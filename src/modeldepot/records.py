@@ -13,6 +13,8 @@ from typing import Any, Generic, TypeVar
 
 MODEL_TYPES = ("Tensorflow", "ONNX", "Custom")
 MODEL_STATES = ("uploading", "ready", "failed")
+# running → (uploading →) succeeded, or failed / interrupted; only a succeeded workload has a model.
+WORKLOAD_STATES = ("running", "uploading", "succeeded", "failed", "interrupted")
 ROLES = ("viewer", "editor", "admin")
 
 
@@ -79,6 +81,9 @@ class Model:
     storage_location: str
     deployment_state: str | None = None
     files: tuple[ModelFile, ...] | None = None
+    workload_id: str | None = None  # the workload that made it (lineage), if any
+    # Metric series for charts, {"loss": {"steps": [0, 1], "values": [0.9, 0.5]}}; None in lists.
+    series: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Model:
@@ -103,6 +108,65 @@ class Model:
             storage_location=d.get("storage_location", ""),
             deployment_state=d.get("deployment_state"),
             files=None if files is None else tuple(ModelFile.from_json(f) for f in files),
+            workload_id=d.get("workload_id"),
+            series=d.get("series"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A recorded run of a command (or a block of Python) whose output became a model: its lineage."""
+
+    id: str
+    project_id: str
+    name: str  # of the model it makes
+    state: str
+    command: tuple[str, ...]
+    working_dir: str | None
+    exit_code: int | None
+    started_at: datetime
+    ended_at: datetime | None
+    duration_seconds: float | None
+    host: str
+    user: str  # the operating-system user who ran it
+    created_by: str  # the API key's user
+    git_commit: str | None
+    git_branch: str | None
+    git_dirty: bool | None
+    env: dict[str, str]  # only the variables named with --env-keep
+    summary: dict[str, Any]
+    series: dict[str, Any]
+    error: str | None
+    dataset_ref: str | None
+    log_bytes: int  # of output the run wrote; the stored log keeps its head and tail
+    model_id: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Workload:
+        return cls(
+            id=d["id"],
+            project_id=d["project_id"],
+            name=d["name"],
+            state=d["state"],
+            command=tuple(d.get("command") or ()),
+            working_dir=d.get("working_dir"),
+            exit_code=d.get("exit_code"),
+            started_at=_dt(d["started_at"]),  # type: ignore[arg-type]
+            ended_at=_dt(d.get("ended_at")),
+            duration_seconds=d.get("duration_seconds"),
+            host=d.get("host", ""),
+            user=d.get("user", ""),
+            created_by=d.get("created_by", ""),
+            git_commit=d.get("git_commit"),
+            git_branch=d.get("git_branch"),
+            git_dirty=d.get("git_dirty"),
+            env=dict(d.get("env") or {}),
+            summary=dict(d.get("summary") or {}),
+            series=dict(d.get("series") or {}),
+            error=d.get("error"),
+            dataset_ref=d.get("dataset_ref"),
+            log_bytes=int(d.get("log_bytes") or 0),
+            model_id=d.get("model_id"),
         )
 
 

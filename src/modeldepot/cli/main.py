@@ -6,12 +6,14 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from .._version import __version__
 from ..errors import ModeldepotError
-from . import admin, aliases, keys, models, projects, serve
+from . import admin, aliases, keys, models, projects, serve, workloads
 from .context import make_client, save_login, settings
 from .output import emit_json, err_console, fields, json_option
+from .run import run
 
 EPILOG = """\b
 Start here:
@@ -20,6 +22,7 @@ Start here:
   modeldepot projects create vision
   modeldepot models upload ./model.onnx --name squeezenet --project pr…
   modeldepot models list --project pr…
+  modeldepot run --project pr… --name resnet -- python train.py   # a model from a run
 
 Exit codes: 0 ok, 1 unexpected, 2 usage, 3 invalid input, 4 not found, 5 conflict,
 6 unauthenticated, 7 permission denied, 8 integrity, 9 storage full, 10 cannot reach server.
@@ -33,9 +36,10 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except ModeldepotError as exc:
-            err_console.print(f"[bold red]Error:[/] {exc.detail}", highlight=False, soft_wrap=True)
+            # Escaped: a detail such as "[step, value]" is text, not rich markup.
+            err_console.print(f"[bold red]Error:[/] {escape(exc.detail)}", highlight=False, soft_wrap=True)
             if exc.hint:
-                err_console.print(f"[dim]Hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+                err_console.print(f"[dim]Hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
 
 
@@ -93,6 +97,8 @@ def whoami(as_json: bool) -> None:
 cli.add_command(serve.serve)
 cli.add_command(projects.group)
 cli.add_command(models.group)
+cli.add_command(run)
+cli.add_command(workloads.group)
 cli.add_command(aliases.group)
 cli.add_command(keys.group)
 cli.add_command(admin.gc)

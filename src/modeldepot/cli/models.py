@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..client import Client
 from ..errors import InvalidInput
 from ..records import Model
 from .context import make_client
 from .output import Bar, emit_json, fields, human_size, json_option, table
+from .workloads import commit_text, series_text
 
 TYPES = click.Choice(["Tensorflow", "ONNX", "Custom"], case_sensitive=False)
 
@@ -153,6 +156,15 @@ def list_(
         click.echo(f"More: --cursor {next_cursor} (or --all)")
 
 
+def _workload_line(client: Client, workload_id: str | None) -> str:
+    """Which run made the model: ``wl… succeeded, commit 3f2a9c1e0b-dirty, `python train.py```."""
+    if workload_id is None:
+        return "none (uploaded)"
+    w = client.get_workload(workload_id)
+    commit = f", commit {commit_text(w)}" if w.git_commit else ""
+    return f"{w.id} ({w.state}{commit}): {shlex.join(w.command)}"
+
+
 def _short_summary(m: Model) -> str:
     return ", ".join(f"{k}={v}" for k, v in list(m.summary.items())[:3])
 
@@ -180,6 +192,8 @@ def show(model_id: str, as_json: bool) -> None:
             ("Notes", m.notes),
             ("Metadata", json.dumps(m.metadata) if m.metadata else ""),
             ("Dataset", m.dataset_ref),
+            ("Series", series_text(m.series)),
+            ("Workload", _workload_line(client, m.workload_id)),
             ("Deployment", m.deployment_state or "none"),
             ("Created", f"{m.created_at:%Y-%m-%d %H:%M:%S} UTC by {m.created_by}"),
             ("Storage", m.storage_location),

@@ -10,12 +10,14 @@ from typing import Any, Protocol
 import httpx
 
 from ..errors import ConnectionFailed, error_from_problem
-from ..records import Alias, ApiKey, Model, ModelFile, NewApiKey, Page, Project
+from ..records import Alias, ApiKey, Model, ModelFile, NewApiKey, Page, Project, Workload
 from . import transfer
 from .bulk import Bulk
+from .command import CommandResult, run_command
 from .downloader import Downloader
 from .hashcache import HashCache
 from .uploader import Uploader
+from .workload import Run, log_model
 
 
 class Progress(Protocol):
@@ -383,3 +385,88 @@ class Client:
 
     def revoke_key(self, key_id: str) -> ApiKey:
         return ApiKey.from_json(self._json("DELETE", f"/keys/{transfer.quote_segment(key_id)}"))
+
+    # -- workloads: the runs that make models (lineage) --------------------------------------------
+
+    def start_workload(self, project: str, *, name: str, command: list[str], **fields: Any) -> Workload:
+        """Record a workload that starts now (``running``). :meth:`workload`, :meth:`run` and
+        ``modeldepot run`` call it for you; ``fields`` are those of ``POST /projects/{id}/workloads``."""
+        body = {"name": name, "command": list(command), **fields}
+        return Workload.from_json(
+            self._json("POST", f"/projects/{transfer.quote_segment(project)}/workloads", json=body)
+        )
+
+    def update_workload(self, workload_id: str, **fields: Any) -> Workload:
+        """Report how a workload ended (``state``, ``exit_code``, ``log``, ``summary``, ``series``,
+        ``error``), or claim its model (``state="succeeded"``, ``model_id``)."""
+        body = {k: v for k, v in fields.items() if v is not None}
+        return Workload.from_json(
+            self._json("PATCH", f"/workloads/{transfer.quote_segment(workload_id)}", json=body)
+        )
+
+    def get_workload(self, workload_id: str) -> Workload:
+        return Workload.from_json(self._json("GET", f"/workloads/{transfer.quote_segment(workload_id)}"))
+
+    def list_workloads(
+        self,
+        *,
+        project: str | None = None,
+        commit: str | None = None,
+        state: str | None = None,
+        name: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[Workload]:
+        """One page, newest first. ``commit`` (4+ hex digits of a git commit) finds the runs of that
+        commit; each names the model it made (``model_id``)."""
+        params = {"project": project, "commit": commit, "state": state, "name": name, "cursor": cursor}
+        clean: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
+        clean["limit"] = limit
+        data = self._json("GET", "/workloads", params=clean)
+        return Page(
+            items=tuple(Workload.from_json(w) for w in data["items"]), next_cursor=data["next_cursor"]
+        )
+
+    def iter_workloads(self, **filters: Any) -> Iterator[Workload]:
+        """Every workload matching the filters of :meth:`list_workloads`, page by page."""
+        cursor = None
+        while True:
+            page = self.list_workloads(cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def workload_log(self, workload_id: str) -> str:
+        """The captured output of a workload (its head and tail when it was long)."""
+        return self._request("GET", f"/workloads/{transfer.quote_segment(workload_id)}/log").text
+
+    def workload(self, project: str, name: str, **options: Any) -> Run:
+        """Record a block of Python as a workload and make a model of the files it saves.
+
+        Example::
+
+            with client.workload(project="pr…", name="resnet", type="ONNX") as run:
+                for epoch in range(10):
+                    run.log_metrics({"loss": train_one_epoch()}, step=epoch)
+                run.save("model.onnx")
+            print(run.model.id, run.workload.id)
+
+        ``options``: ``type``, ``tags``, ``notes``, ``metadata``, ``dataset_ref``, ``env_keep``,
+        ``capture_output``, ``command``, ``progress``; see :class:`modeldepot.Run`.
+        """
+        return Run(self, project, name, **options)
+
+    def log_model(self, path: str | os.PathLike[str], *, project: str, name: str, **options: Any) -> Model:
+        """Upload a file or directory as a model made by this program, recorded as a workload.
+
+        Example: ``client.log_model("model.onnx", project="pr…", name="resnet", summary={"accuracy": 0.93})``
+        """
+        return log_model(path, project=project, name=name, client=self, **options)
+
+    def run(self, command: list[str], *, project: str, name: str, **options: Any) -> CommandResult:
+        """Run a command as a workload (what ``modeldepot run`` does) and make a model of its output.
+
+        The command writes its model files to ``$MODELDEPOT_MODEL_PATH``; see :func:`run_command`.
+        """
+        return run_command(self, command, project=project, name=name, **options)

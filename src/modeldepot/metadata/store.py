@@ -31,6 +31,7 @@ from ..records import Alias, ApiKey, Model, ModelFile, Project
 from ..services.ports import ModelQuery, NewModel, StoredKey
 from . import tables as t
 from .blob_rows import BlobRows
+from .workload_rows import WorkloadRows
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -64,7 +65,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-class SqlMetadataStore(BlobRows):
+class SqlMetadataStore(BlobRows, WorkloadRows):
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
@@ -188,6 +189,7 @@ class SqlMetadataStore(BlobRows):
             conn.execute(delete(t.model_files).where(t.model_files.c.model_id.in_(model_ids)))
             conn.execute(delete(t.pending_blobs).where(t.pending_blobs.c.model_id.in_(model_ids)))
             conn.execute(delete(t.models).where(t.models.c.project_id == project_id))
+            conn.execute(delete(t.workloads).where(t.workloads.c.project_id == project_id))
             conn.execute(delete(t.model_names).where(t.model_names.c.project_id == project_id))
             conn.execute(delete(t.key_roles).where(t.key_roles.c.project_id == project_id))
             conn.execute(delete(t.project_tags).where(t.project_tags.c.project_id == project_id))
@@ -341,6 +343,7 @@ class SqlMetadataStore(BlobRows):
         t.models.c.size,
         t.models.c.file_count,
         t.models.c.deployment_state,
+        t.models.c.workload_id,
     )
 
     def _to_models(
@@ -375,13 +378,20 @@ class SqlMetadataStore(BlobRows):
                 storage_location="",
                 deployment_state=r["deployment_state"],
                 files=None if files is None else tuple(files.get(r["id"], ())),
+                workload_id=r["workload_id"],
+                # Only a single model's row carries its series (lists leave them out).
+                series=(r["series"] or {}) if "series" in r else None,
             )
             for r in rows
         ]
 
     def get_model(self, model_id: str, *, with_files: bool = False) -> Model | None:
         with self._read() as conn:
-            rows = list(conn.execute(select(*self._MODEL_COLS).where(t.models.c.id == model_id)).mappings())
+            rows = list(
+                conn.execute(
+                    select(*self._MODEL_COLS, t.models.c.series).where(t.models.c.id == model_id)
+                ).mappings()
+            )
             if not rows:
                 return None
             files = {model_id: self._files(conn, model_id)} if with_files else None

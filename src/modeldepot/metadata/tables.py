@@ -72,7 +72,12 @@ models = Table(
     Column("deployment_state", String(40)),
     # Set by clients so that re-running an interrupted upload resumes the same model.
     Column("upload_key", String(64)),
+    # The workload that made this model (lineage; at most one model per workload) and its metric
+    # series, {"loss": {"steps": [...], "values": [...]}}, for charts.
+    Column("workload_id", String(16)),
+    Column("series", JSON),
     UniqueConstraint("project_id", "name", "version"),
+    Index(None, "workload_id", unique=True),
     Index(None, "project_id", "upload_key"),
     # Keyset pagination (newest first) within each filter the list offers.
     Index(None, "project_id", "state", "seq"),
@@ -81,6 +86,39 @@ models = Table(
     Index(None, "state", "seq"),
     Index(None, "type", "state", "seq"),
     Index(None, "expires_at"),
+)
+
+# Recorded runs of a command (or a block of Python) that make a model: the lineage of that model.
+# The model points here (models.workload_id); a workload's model is found through that column.
+workloads = Table(
+    "workloads",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(16), nullable=False, unique=True),
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("command", JSON, nullable=False),
+    Column("working_dir", Text),
+    Column("exit_code", Integer),
+    Column("started_at", TS, nullable=False),
+    Column("ended_at", TS),
+    Column("host", String(255), nullable=False),
+    Column("user", String(200), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("git_commit", String(64)),
+    Column("git_branch", String(255)),
+    Column("git_dirty", Boolean),
+    Column("env", JSON, nullable=False),
+    Column("summary", JSON, nullable=False),
+    Column("series", JSON, nullable=False),
+    Column("error", Text),
+    Column("dataset_ref", String(500)),
+    # The captured output, bounded by the client (head and tail kept), and how long it really was.
+    Column("log", Text, nullable=False),
+    Column("log_bytes", BigInteger, nullable=False),
+    Index(None, "project_id", "seq"),
+    Index(None, "git_commit", "seq"),
 )
 
 # The last version handed out per (project, name): versions are never reused, even after a delete.

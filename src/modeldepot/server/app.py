@@ -20,7 +20,7 @@ from ..services.container import Services
 from ..services.models import Limits
 from ..services.signing import UrlSigner
 from . import problems
-from .api import admin, aliases, keys, meta, models, projects, uploads
+from .api import admin, aliases, keys, meta, models, projects, uploads, workloads
 from .gradient import router as gradient_router
 from .limits import BodyLimit
 
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     app.state.store = store
     problems.install(app)
-    for module in (meta, projects, uploads, models, aliases, keys, admin):
+    for module in (meta, projects, uploads, models, aliases, keys, admin, workloads):
         app.include_router(module.router, prefix="/api/v1")
     # The Gradient CLI's routes live at the root: PAPERSPACE_CONFIG_HOST=http://HOST:PORT.
     app.state.url_signer = UrlSigner(settings.resolved_signing_secret())

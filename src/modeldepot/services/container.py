@@ -11,6 +11,7 @@ from .models import Limits, ModelService
 from .ports import BlobStore, MetadataStore
 from .projects import ProjectService
 from .uploads import UploadService
+from .workloads import WorkloadService
 
 
 @dataclasses.dataclass
@@ -21,6 +22,7 @@ class Services:
     uploads: UploadService
     aliases: AliasService
     maintenance: Maintenance
+    workloads: WorkloadService
 
     @classmethod
     def build(cls, store: MetadataStore, blobs: BlobStore, limits: Limits | None = None) -> Services:
@@ -34,4 +36,5 @@ class Services:
             uploads=uploads,
             aliases=AliasService(store, models),
             maintenance=Maintenance(store, blobs, uploads, limits.gc_grace),
+            workloads=WorkloadService(store, models, limits),
         )

@@ -22,3 +22,7 @@ def model_id() -> str:
 
 def key_id() -> str:
     return "ak" + _random(10)
+
+
+def workload_id() -> str:
+    return "wl" + _random(12)

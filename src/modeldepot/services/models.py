@@ -101,6 +101,27 @@ def decode_cursor(cursor: str | None) -> int | None:
     return seq
 
 
+def list_scope(
+    store: MetadataStore,
+    principal: Principal,
+    project_id: str | None,
+    limit: int,
+    state: str | None,
+    states: Sequence[str],
+) -> tuple[str, ...] | None:
+    """The projects a list covers (None: every one; empty: none), once its limit and state are checked."""
+    if not 1 <= limit <= 1000:
+        raise InvalidInput(f"limit must be between 1 and 1000, not {limit}")
+    if state is not None and state not in states:
+        raise InvalidInput(f"State {state!r} is not known", hint=f"Use one of: {', '.join(states)}.")
+    if project_id is None:
+        return principal.visible_projects()
+    principal.require(project_id, "viewer")
+    if not store.project_exists(project_id):
+        raise NotFound(f"Project {project_id} not found")
+    return (project_id,)
+
+
 class ModelService:
     def __init__(self, store: MetadataStore, blobs: BlobStore, limits: Limits | None = None):
         self.store = store
@@ -136,18 +157,7 @@ class ModelService:
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page[Model]:
-        if not 1 <= limit <= 1000:
-            raise InvalidInput(f"limit must be between 1 and 1000, not {limit}")
-        if state is not None and state not in MODEL_STATES:
-            raise InvalidInput(
-                f"State {state!r} is not known", hint=f"Use one of: {', '.join(MODEL_STATES)}."
-            )
-        project_ids = principal.visible_projects()
-        if project_id is not None:
-            principal.require(project_id, "viewer")
-            if not self.store.project_exists(project_id):
-                raise NotFound(f"Project {project_id} not found")
-            project_ids = (project_id,)
+        project_ids = list_scope(self.store, principal, project_id, limit, state, MODEL_STATES)
         if project_ids == ():
             return Page(items=(), next_cursor=None)
         query = ModelQuery(

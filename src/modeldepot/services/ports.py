@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..records import Alias, ApiKey, Model, ModelFile, Project
+from ..records import Alias, ApiKey, Model, ModelFile, Project, Workload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,26 @@ class PendingBlob:
 class StoredKey:
     key: ApiKey
     secret_hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadQuery:
+    """A page of the workload list: filters and a keyset cursor (newest first)."""
+
+    project_ids: tuple[str, ...] | None  # None: every project (global admin)
+    commit: str | None = None  # a prefix of the git commit
+    state: str | None = None
+    name: str | None = None
+    before_seq: int | None = None
+    limit: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLink:
+    """The ready, unlinked model a workload made: it becomes ``source='workload'`` with these series."""
+
+    model_id: str
+    series: dict[str, Any]
 
 
 class MetadataStore(Protocol):
@@ -115,6 +135,18 @@ class MetadataStore(Protocol):
     def grant_role(self, key_id: str, project_id: str, role: str) -> None: ...
     # files of a model created without them (the Gradient upload)
     def attach_files(self, model_id: str, files: Sequence[ModelFile]) -> bool: ...
+    # workloads
+    def create_workload(self, workload: Workload, log: str) -> None: ...
+    def get_workload(self, workload_id: str) -> Workload | None: ...
+    def list_workloads(self, query: WorkloadQuery) -> tuple[list[Workload], int | None]: ...
+    def workload_log(self, workload_id: str) -> str | None: ...
+    def update_workload(
+        self,
+        workload_id: str,
+        from_states: tuple[str, ...],
+        fields: dict[str, Any],
+        link: ModelLink | None = None,
+    ) -> bool: ...
 
 
 class BlobWriter(Protocol):
