@@ -374,3 +374,101 @@ def test_parts_hashed_ahead_stay_right_when_a_part_is_sent_again(tmp_path: Path)
     send(1, b"y" * MiB)
     with pytest.raises(IntegrityError):
         store.finish_staging(staging, hashlib.sha256(data).hexdigest(), len(data))
+
+
+# -- many small blobs in one request ------------------------------------------------------------------
+
+
+def _batch_upload(http: Any, blobs: list[bytes]) -> str:
+    """An uploading model of these blobs (one file each); the URL to POST batches to."""
+    project = http.post("/projects", json={"name": "batches"}).json()["id"]
+    files = [
+        {"path": f"f{i}.bin", "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+        for i, b in enumerate(blobs)
+    ]
+    plan = http.post(f"/projects/{project}/models", json={"name": "m", "files": files}).json()
+    return f"/models/{plan['model']['id']}"
+
+
+def _frames(*items: tuple[str, int, bytes]) -> bytes:
+    return b"".join(f"{digest} {size}\n".encode() + data for digest, size, data in items)
+
+
+def _still_missing(http: Any, model_url: str) -> set[str]:
+    answer = http.post(f"{model_url}/commit")
+    if answer.status_code == 200:
+        return set()
+    assert answer.status_code == 409, answer.text
+    return set(answer.json()["extra"]["missing"])
+
+
+def test_a_batch_keeps_the_intact_blobs_and_names_the_corrupt_one(server: RunningServer) -> None:
+    blobs = [os.urandom(1000 + i) for i in range(3)]
+    with server.http() as http:
+        _check_corrupt_frame(http, blobs)
+
+
+def _check_corrupt_frame(http: Any, blobs: list[bytes]) -> None:
+    model_url = _batch_upload(http, blobs)
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    body = _frames(
+        (shas[0], len(blobs[0]), blobs[0]),
+        (shas[1], len(blobs[1]), b"x" * len(blobs[1])),  # the right size, the wrong bytes
+        (shas[2], len(blobs[2]), blobs[2]),
+    )
+    answer = http.post(f"{model_url}/blobs", content=body)
+    assert answer.status_code == 422 and answer.json()["code"] == "integrity_error"
+    assert "1 blob(s) arrived corrupted" in answer.json()["detail"] and shas[1] in answer.json()["detail"]
+    assert _still_missing(http, model_url) == {shas[1]}
+    assert http.post(f"{model_url}/blobs", content=_frames((shas[1], len(blobs[1]), blobs[1]))).json() == {
+        "received": 1
+    }
+    assert _still_missing(http, model_url) == set()
+
+
+@pytest.mark.parametrize(
+    ("tail", "status", "words"),
+    [
+        (b"not a header\n", 422, "malformed"),
+        (b"0" * 64 + b" 12\nshort", 422, "ended 7 bytes before the end"),
+        (f"{'ab' * 32} 5\nhello".encode(), 422, "is not a pending blob"),
+        (b"z" * 200, 422, "malformed"),
+    ],
+)
+def test_a_bad_frame_keeps_the_blobs_before_it(
+    server: RunningServer, tail: bytes, status: int, words: str
+) -> None:
+    blobs = [os.urandom(500), os.urandom(600)]
+    with server.http() as http:
+        _check_bad_frame(http, blobs, tail, status, words)
+
+
+def _check_bad_frame(http: Any, blobs: list[bytes], tail: bytes, status: int, words: str) -> None:
+    model_url = _batch_upload(http, blobs)
+    first = hashlib.sha256(blobs[0]).hexdigest()
+    second = hashlib.sha256(blobs[1]).hexdigest()
+    if tail.startswith(b"0" * 64):
+        tail = f"{second} 600\n".encode() + blobs[1][:593]  # the body ends 7 bytes early
+    answer = http.post(f"{model_url}/blobs", content=_frames((first, len(blobs[0]), blobs[0])) + tail)
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["detail"]
+    assert _still_missing(http, model_url) == {second}
+
+
+def test_hundreds_of_blobs_across_chunk_boundaries(server: RunningServer) -> None:
+    """More than one 4 MiB chunk of the body: frames and headers cut at every kind of place."""
+    blobs = [os.urandom(size) for size in [0, 1, 63, 64, 65, 4095, 4096, 4097] * 40 + [65536] * 80]
+    with server.http() as http:
+        model_url = _batch_upload(http, blobs)
+        _send_all_and_check(http, model_url, blobs)
+    with server.client() as admin:
+        files = admin.list_files(model_url.rsplit("/", 1)[1])
+    assert sorted(f.size for f in files) == sorted(len(b) for b in blobs)
+
+
+def _send_all_and_check(http: Any, model_url: str, blobs: list[bytes]) -> None:
+    items = [(hashlib.sha256(b).hexdigest(), len(b), b) for b in blobs]
+    unique = list({digest: (digest, size, data) for digest, size, data in items}.values())
+    answer = http.post(f"{model_url}/blobs", content=_frames(*unique))
+    assert answer.status_code == 200 and answer.json() == {"received": len(unique)}
+    assert _still_missing(http, model_url) == set()

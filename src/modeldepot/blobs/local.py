@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
@@ -40,8 +41,14 @@ class LocalBlobWriter:
     def __init__(self, store: LocalBlobStore):
         self._store = store
         # Like tempfile.mkstemp, for a fraction of its cost (it matters with thousands of small files).
-        self.tmp = store.tmp_dir / f"upload-{secrets.token_hex(10)}"
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            self.tmp = store.tmp_dir / f"upload-{store.tmp_prefix}-{next(store.tmp_counter)}"
+            try:
+                fd = os.open(self.tmp, flags, 0o600)
+                break
+            except FileExistsError:  # another process's store on the same directory: next number
+                continue
         self._file = os.fdopen(fd, "wb", buffering=0)
         self._hash = hashlib.sha256()
         self.size = 0
@@ -128,6 +135,10 @@ class LocalBlobStore:
         # then get signed URLs to it instead of going through the API.
         self.presigner: Presigner | None = None
         self.presign_min_size = 4 * 1024 * 1024
+        # Names of temporary files: random per store, then counted (O_EXCL still guards against a clash);
+        # a random name each would cost a getrandom call per file, which shows with thousands of them.
+        self.tmp_prefix = secrets.token_hex(6)
+        self.tmp_counter = itertools.count()
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "sha256").mkdir(exist_ok=True)

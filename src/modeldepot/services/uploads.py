@@ -456,38 +456,51 @@ def _layout(size: int, part_size: int) -> list[tuple[int, int, int]]:
 
 
 class _FrameReader:
-    """Reads ``<64 hex> <decimal size>\\n`` headers and the bytes that follow from a chunk stream."""
+    """Reads ``<64 hex> <decimal size>\\n`` headers and the bytes that follow from a chunk stream.
+
+    It keeps a position in the current chunk rather than cutting the chunk after each frame: a
+    chunk of 4 MiB holds hundreds of small blobs, and cutting would copy the rest of it each time.
+    """
 
     MAX_HEADER = 64 + 1 + 20 + 1
 
     def __init__(self, chunks: Iterator[bytes]):
         self._chunks = chunks
         self._buffer = b""
+        self._pos = 0
+
+    def _available(self) -> int:
+        return len(self._buffer) - self._pos
 
     def _fill(self, n: int) -> bool:
-        while len(self._buffer) < n:
+        while self._available() < n:
             try:
-                self._buffer += next(self._chunks)
+                more = next(self._chunks)
             except StopIteration:
                 return False
+            self._buffer = self._buffer[self._pos :] + more
+            self._pos = 0
         return True
 
     def header(self) -> tuple[str, int] | None:
         self._fill(self.MAX_HEADER)
-        if not self._buffer:
+        if not self._available():
             return None
-        line, sep, _ = self._buffer[: self.MAX_HEADER].partition(b"\n")
+        end = self._buffer.find(b"\n", self._pos, self._pos + self.MAX_HEADER)
+        line = self._buffer[self._pos : end if end >= 0 else self._pos + self.MAX_HEADER]
         digest, _, size = line.decode("ascii", "replace").partition(" ")
-        if not sep or not size.isdigit():
+        if end < 0 or not size.isdigit():
             raise InvalidInput("The batch body is malformed: expected '<sha256> <size>\\n' before each blob")
-        self._buffer = self._buffer[len(line) + 1 :]
+        self._pos = end + 1
         return validation.sha256(digest), int(size)
 
     def body(self, size: int) -> Iterator[bytes]:
         left = size
         while left:
-            if not self._buffer and not self._fill(1):
+            if not self._available() and not self._fill(1):
                 raise IntegrityError(f"The batch body ended {left} bytes before the end of a blob")
-            piece, self._buffer = self._buffer[:left], self._buffer[left:]
-            left -= len(piece)
+            take = min(left, self._available())
+            piece = self._buffer[self._pos : self._pos + take]
+            self._pos += take
+            left -= take
             yield piece
