@@ -6,6 +6,7 @@ import hashlib
 import os
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -472,3 +473,33 @@ def _send_all_and_check(http: Any, model_url: str, blobs: list[bytes]) -> None:
     answer = http.post(f"{model_url}/blobs", content=_frames(*unique))
     assert answer.status_code == 200 and answer.json() == {"received": len(unique)}
     assert _still_missing(http, model_url) == set()
+
+
+def test_resuming_an_upload_gives_it_the_full_expiry_again(server: RunningServer) -> None:
+    from sqlalchemy import select
+
+    from modeldepot.metadata import tables
+
+    data = os.urandom(1000)
+    digest = hashlib.sha256(data).hexdigest()
+    body = {
+        "name": "m",
+        "files": [{"path": "w.bin", "size": len(data), "sha256": digest}],
+        "upload_key": "ab" * 32,
+    }
+    engine = server.app.state.store.engine  # type: ignore[attr-defined]
+
+    def expiry(model_id: str) -> Any:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(tables.models.c.expires_at).where(tables.models.c.id == model_id)
+            ).scalar_one()
+
+    with server.http() as http:
+        project = http.post("/projects", json={"name": "p"}).json()["id"]
+        first = http.post(f"/projects/{project}/models", json=body).json()
+        before = expiry(first["model"]["id"])
+        time.sleep(0.05)
+        again = http.post(f"/projects/{project}/models", json=body).json()
+        assert again["resumed"] and again["model"]["id"] == first["model"]["id"]
+        assert expiry(first["model"]["id"]) > before

@@ -113,6 +113,10 @@ class UploadService:
                     (f.path, f.size, f.sha256) for f in manifest
                 }:
                     self.store.touch_blobs(f.sha256 for f in manifest)
+                    # A resumed upload is alive: it gets the full expiry again from now.
+                    self.store.update_model(
+                        model.id, expires_at=datetime.now(UTC) + self.limits.upload_expiry
+                    )
                     return UploadPlan(model=model, missing=self._missing(model.id), resumed=True)
         now = datetime.now(UTC)
         readable = self.store.visible_blobs(principal.visible_projects(), {f.sha256 for f in manifest})
