@@ -262,11 +262,23 @@ def test_serve_rejects_a_bad_data_port(tmp_path: Path) -> None:
 
 
 def test_serve_puts_the_data_plane_next_to_its_port_or_nowhere(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _two_free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
     with serving(["--port", str(port), "--data-dir", str(tmp_path / "a")], env) as (_, lines):
         assert f"  data:     http://127.0.0.1:{port + 1} (large files, signed URLs)\n" in lines
     with serving(["--port", "0", "--data-port", "-1", "--data-dir", str(tmp_path / "b")], env) as (_, lines):
         assert not any(line.startswith("  data:") for line in lines)
+
+
+def _two_free_ports() -> int:
+    """A free port of 127.0.0.1 whose next port is free too."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+    raise AssertionError("no two free ports in a row")
