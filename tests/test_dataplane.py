@@ -282,3 +282,28 @@ def _two_free_ports() -> int:
                 continue
             return int(port)
     raise AssertionError("no two free ports in a row")
+
+
+def test_on_every_interface_it_answers_each_client_at_the_host_it_used(tmp_path: Path) -> None:
+    """--host 0.0.0.0 and no public URL: a part URL names the host the client reached the API at."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPOT_")}
+    env |= {"MODELDEPOT_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "MODELDEPOT_UPLOAD_PART_SIZE": str(MiB)}
+    args = ["--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path / "d")]
+    with serving(args, env) as (url, lines):
+        assert url.startswith("http://0.0.0.0:")
+        data_line = next(line for line in lines if line.startswith("  data:"))
+        data_port = int(data_line.split(":")[3].split()[0])
+        api = url.replace("0.0.0.0", "127.0.0.1") + "/api/v1"
+        with httpx.Client(base_url=api, headers={"X-API-Key": ADMIN_KEY}, timeout=30) as http:
+            project = http.post("/projects", json={"name": "p"}).json()["id"]
+            files = [{"path": "big.bin", "size": 2 * MiB + 1, "sha256": "ab" * 32}]
+            plan = http.post(f"/projects/{project}/models", json={"name": "m", "files": files}).json()
+            parts_url = plan["missing"][0]["parts_url"]
+            for host in ("127.0.0.1", "localhost"):
+                answer = http.post(parts_url, headers={"Host": f"{host}:1234"}).json()
+                assert "parts" in answer, answer
+                parts = answer["parts"]
+                assert {urlsplit(p["url"]).netloc for p in parts} == {f"{host}:{data_port}"}
+            part = http.post(parts_url).json()["parts"][0]
+            put = httpx.put(part["url"], content=os.urandom(MiB), timeout=30)
+            assert put.status_code == 204  # the URL works as handed out

@@ -21,6 +21,7 @@ from ..services.models import Limits
 from ..services.signing import UrlSigner
 from . import problems
 from .api import admin, aliases, keys, meta, models, projects, uploads, workloads
+from .dataplane import RequestHost
 from .gradient import router as gradient_router
 from .limits import BodyLimit
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.url_signer = UrlSigner(settings.resolved_signing_secret())
     app.include_router(gradient_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+    app.add_middleware(RequestHost)  # for the data plane's URLs when it listens on every interface
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi_at_the_usual_place() -> JSONResponse:

@@ -25,6 +25,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,6 +42,37 @@ log = logging.getLogger("modeldepot.dataplane")
 BUFFER = 1024 * 1024
 DRAIN_AT_MOST = 256 * 1024 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+# The host name the client of the API request being served used (its Host header), for base_url.
+REQUEST_HOST: ContextVar[str | None] = ContextVar("modeldepot_request_host", default=None)
+_WILDCARDS = {"0.0.0.0", "::", ""}
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class RequestHost:
+    """ASGI middleware: puts each HTTP request's host name in REQUEST_HOST while it is served."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        try:
+            name = urlsplit(f"//{host}").hostname
+        except ValueError:
+            name = None
+        token = REQUEST_HOST.set(name)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_HOST.reset(token)
 
 
 def start_data_plane(app: Any, settings: Settings, api_url: str) -> DataPlane | None:
@@ -69,7 +101,7 @@ def start_data_plane(app: Any, settings: Settings, api_url: str) -> DataPlane | 
         public = settings.data_public_url
     else:
         host = urlsplit(api_url).hostname or settings.host
-        public = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+        public = f"http://{_bracket(host)}:{sock.getsockname()[1]}"
     plane = DataPlane(blobs, app.state.url_signer, sock, public)
     blobs.presigner = plane
     plane.start()
@@ -88,13 +120,21 @@ class DataPlane:
 
     # -- signing (called by the blob store on behalf of the API) -------------------------------------
 
+    def base_url(self) -> str:
+        """Where clients reach the data plane. Bound to every interface (0.0.0.0, ::) and given no
+        public URL, it answers each client at the host name that client used for the API."""
+        parts = urlsplit(self.url)
+        if parts.hostname in _WILDCARDS and (host := REQUEST_HOST.get()):
+            return f"{parts.scheme}://{_bracket(host)}:{parts.port}"
+        return self.url
+
     def part_url(self, staging_id: str, number: int, offset: int, size: int, expires_in: int) -> str:
         claims = {"s": staging_id, "n": number, "o": offset, "z": size}
-        return f"{self.url}/parts/{self.signer.sign('PUT', claims, timedelta(seconds=expires_in))}"
+        return f"{self.base_url()}/parts/{self.signer.sign('PUT', claims, timedelta(seconds=expires_in))}"
 
     def get_url(self, sha256: str, filename: str, expires_in: int) -> str:
         token = self.signer.sign("GET", {"h": sha256, "f": filename}, timedelta(seconds=expires_in))
-        return f"{self.url}/blobs/{token}"
+        return f"{self.base_url()}/blobs/{token}"
 
     # -- serving -------------------------------------------------------------------------------------
 
