@@ -232,30 +232,30 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _stat(path: str) -> tuple[int, float] | None:
+    """(session id, CPU seconds: user + sys, reaped children included) from a /proc/<pid>/stat."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
+    return int(fields[3]), sum(int(v) for v in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+
+
 def session_cpu(sid: int) -> float:
-    """CPU seconds (user + sys, reaped children included) of every process in session ``sid``."""
-    total = 0
+    """CPU seconds of every process in session ``sid``."""
+    total = 0.0
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
-        if int(fields[3]) == sid:
-            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return total / CLK_TCK
+        stat = _stat(f"{entry.path}/stat") if entry.name.isdigit() else None
+        if stat is not None and stat[0] == sid:
+            total += stat[1]
+    return total
 
 
 def pid_cpu(pid: int) -> float:
-    """CPU seconds (user + sys, reaped children included) of one process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rindex(")") + 2 :].split()
-    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+    """CPU seconds of one process."""
+    stat = _stat(f"/proc/{pid}/stat")
+    return stat[1] if stat is not None else 0.0
 
 
 class ProcessCpu:

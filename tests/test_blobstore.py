@@ -22,7 +22,7 @@ import pytest
 from modeldepot.blobs import LocalBlobStore, open_blob_store
 from modeldepot.errors import IntegrityError, InvalidInput
 from modeldepot.server.dataplane import DataPlane
-from modeldepot.server.run import bind
+from modeldepot.server.listen import bind
 from modeldepot.services.ports import BlobStore
 from modeldepot.services.signing import UrlSigner
 

@@ -36,6 +36,7 @@ from ..config import Settings
 from ..errors import IntegrityError, InvalidInput, ModeldepotError, NotFound, ServerError
 from ..services import validation
 from ..services.signing import UrlSigner
+from .listen import bind
 
 log = logging.getLogger("modeldepot.dataplane")
 
@@ -88,14 +89,9 @@ def start_data_plane(app: Any, settings: Settings, api_url: str) -> DataPlane | 
     port = (
         settings.data_port if settings.data_port is not None else (settings.port + 1 if settings.port else 0)
     )
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((settings.host, port))
-        sock.listen(256)
+        sock = bind(settings.host, port, backlog=256)
     except OSError as exc:
-        sock.close()
         raise OSError(exc.errno, exc.strerror, str(port)) from exc
     if settings.data_public_url:
         public = settings.data_public_url

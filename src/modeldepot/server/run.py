@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 from typing import Any, NoReturn
 
@@ -15,18 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..config import Settings
 from .app import create_app
 from .dataplane import DataPlane, start_data_plane
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on such sockets; without it every keep-alive
-    # request waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+from .listen import bind
 
 
 def _fail(message: str, hint: str) -> NoReturn:

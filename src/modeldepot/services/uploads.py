@@ -249,7 +249,8 @@ class UploadService:
             kept = self.blobs.commit_batch(batch)
             if kept:
                 self.store.mark_received(model.id, *kept)
-        corrupt = [digest for _, digest, _ in batch if digest not in set(kept)]
+        kept_set = set(kept)
+        corrupt = [digest for _, digest, _ in batch if digest not in kept_set]
         if corrupt:
             raise IntegrityError(
                 f"{len(corrupt)} blob(s) arrived corrupted (sha256 mismatch), e.g. {corrupt[0]}; "
