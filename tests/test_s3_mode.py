@@ -67,3 +67,24 @@ def test_upload_download_gc_and_fsck_on_s3(s3_server: RunningServer, tmp_path: P
         report = admin.gc()
         assert report["blobs_deleted"] == 3 and report["bytes_reclaimed"] == len(big) + 8
         assert admin.fsck() == admin.fsck() and admin.fsck()["blobs_checked"] == 0
+
+
+def test_parts_sent_while_hashing_go_straight_to_s3(s3_server: RunningServer, tmp_path: Path) -> None:
+    big = os.urandom(11 * MiB + 3)
+    src = write_tree(tmp_path / "m", {"weights.bin": big})
+    with s3_server.client() as admin, s3_server.http() as http:
+        admin.send_while_hashing = MiB
+        admin.hash_cache_path = None
+        project = admin.create_project("p").id
+        area = http.post(f"/projects/{project}/stagings", json={"size": len(big)}).json()
+        assert len(area["parts"]) == 3 and not any(p["url"].startswith(s3_server.url) for p in area["parts"])
+        assert http.delete(area["url"]).status_code == 204
+        model = admin.upload(src, project=project, name="m")
+        again = admin.upload(src, project=project, name="m")  # sent ahead, then found stored: dropped
+        assert model.state == again.state == "ready" and again.version == 2
+        out = tmp_path / "out"
+        admin.download(again.id, out)
+        assert (out / "weights.bin").read_bytes() == big
+        assert admin.fsck()["ok"]
+        store = s3_server.app.state.services.models.blobs  # type: ignore[attr-defined]
+        assert store.staging_ids() == []

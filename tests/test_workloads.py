@@ -467,10 +467,10 @@ def test_ctrl_c_during_the_upload_removes_the_half_made_model(
         env |= {"XDG_CACHE_HOME": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
         cmd = [*MODELDEPOT, "run", "--project", project, "--name", "big", "--parallel", "1"]
         with subprocess.Popen([*cmd, "--", PYTHON, "big.py"], env=env, cwd=repo, stdout=PIPE) as proc:
-            # Parts arriving: the model exists and the client knows it (the server's own blob store).
+            # Parts arriving (sent while hashing, then taken over by the model): the model exists.
             blobs = srv.app.state.services.models.blobs  # type: ignore[attr-defined]
             deadline = time.monotonic() + 60
-            while not blobs.staging_ids():
+            while not (blobs.staging_ids() and all_models(admin, project)):
                 assert proc.poll() is None and time.monotonic() < deadline, "the upload never started"
                 time.sleep(0.005)
             assert [m.state for m in all_models(admin, project)] == ["uploading"]

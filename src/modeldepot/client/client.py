@@ -16,7 +16,7 @@ from .bulk import Bulk
 from .command import CommandResult, run_command
 from .downloader import Downloader
 from .hashcache import HashCache
-from .uploader import Uploader
+from .uploader import SEND_WHILE_HASHING, Uploader
 from .workload import Run, log_model
 
 
@@ -61,6 +61,8 @@ class Client:
     ):
         self.url = url.rstrip("/")
         self.parallel = max(1, parallel)
+        # Files larger than this, not hashed before, have their parts sent while they are hashed.
+        self.send_while_hashing = SEND_WHILE_HASHING
         # Where to remember file digests between uploads (None: hash every file every time).
         self.hash_cache_path = Path(hash_cache) if hash_cache is not None else None
         self._hash_cache: HashCache | None = None

@@ -173,6 +173,9 @@ class Downloader:
                 out.truncate(f.size)
             done_file.write_text("")
         lock = threading.Lock()
+        # One writer at a time: the kernel serializes writes to one file anyway (its inode lock), and
+        # threads waiting there spin, burning the CPU the hashing thread needs; here they sleep.
+        write_lock = threading.Lock()
         self.bar.advance(sum(end - start for start, end in ranges if start in done))
         # The ranges arrive out of order; a hashing thread follows them in order as they land, so
         # the file is hashed while it downloads (from the page cache) instead of read again after.
@@ -208,7 +211,8 @@ class Downloader:
                     nonlocal pos
                     if pos + len(view) > end:
                         raise ConnectionFailed(f"The server sent more than the range asked for {f.path}")
-                    _write_all(out, view)
+                    with write_lock:
+                        _write_all(out, view)
                     pos += len(view)
                     self.bar.advance(len(view))
 

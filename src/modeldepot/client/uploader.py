@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from ..errors import (
     ServerError,
     Unauthenticated,
 )
-from ..records import Model
+from ..records import Model, ModelFile
 from . import transfer
 
 if TYPE_CHECKING:
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
 SMALL_BLOB = 4 * 1024 * 1024
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_COUNT = 250
+
+# Files larger than this whose digest is not cached have their parts sent while they are hashed
+# (the server's default part threshold: smaller files go whole, after hashing).
+SEND_WHILE_HASHING = 64 * 1024 * 1024
 
 # Errors after which the half-made model is kept so that running the same upload again resumes it.
 RESUMABLE = (ConnectionFailed, ServerError, KeyboardInterrupt)
@@ -54,24 +59,54 @@ class Uploader:
 
     def run(self, path: Path, project: str, meta: dict[str, Any]) -> Model:
         entries = transfer.scan(path)
-        total = sum(local.stat().st_size for _, local in entries)
-        self.bar.start("hashing", total)
+        sizes = [local.stat().st_size for _, local in entries]
+        cache = self.client.hash_cache()
+        # Large files not hashed before: their parts go out while they are hashed (the server keeps
+        # them in staging areas the manifest then names); the rest is hashed first, then sent.
+        early = [
+            local
+            for (_, local), size in zip(entries, sizes, strict=True)
+            if size > self.client.send_while_hashing and (cache is None or cache.get(local.stat()) is None)
+        ]
+        ahead = _SendAhead(self, project, early) if early else None
         try:
-            manifest = transfer.build_manifest(entries, self.bar.advance, cache=self.client.hash_cache())
-        finally:
-            self.bar.finish()
+            if ahead is not None and not ahead.start():
+                ahead = None
+            if ahead is not None:
+                manifest = transfer.build_manifest(entries, cache=cache)
+            else:
+                self.bar.start("hashing", sum(sizes))
+                try:
+                    manifest = transfer.build_manifest(entries, self.bar.advance, cache=cache)
+                finally:
+                    self.bar.finish()
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+            raise
         files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f, _ in manifest]
         body = {**meta, "tags": sorted(meta.get("tags") or []), "files": files}
         body["upload_key"] = upload_key(project, body)
         local_of = {f.sha256: local for f, local in manifest}
         order = {f.sha256: i for i, (f, _) in reversed(list(enumerate(manifest)))}
+        if ahead is not None:
+            body["staged"] = ahead.named(manifest)
         model_id: str | None = None
         try:
             for attempt in range(3):
-                plan = self.client._json(
-                    "POST", f"/projects/{transfer.quote_segment(project)}/models", json=body
-                )
+                try:
+                    plan = self.client._json(
+                        "POST", f"/projects/{transfer.quote_segment(project)}/models", json=body
+                    )
+                except BaseException:
+                    if ahead is not None:
+                        ahead.cancel()
+                    raise
                 model_id = plan["model"]["id"]
+                if ahead is not None:
+                    # Parts of content the server still needs go on; the others stop.
+                    ahead.finish({m["sha256"] for m in plan["missing"]})
+                    ahead = None
                 missing = sorted(plan["missing"], key=lambda m: order.get(m["sha256"], 0))
                 self._send(missing, local_of)
                 try:
@@ -182,3 +217,100 @@ class Uploader:
         if not todo:
             return [pool.submit(complete)]
         return [pool.submit(send, part) for part in todo]
+
+
+class _SendAhead:
+    """Parts of large files sent while the files are still being hashed.
+
+    Each file gets a staging area (``POST …/stagings``) and its parts go out on a pool of their own.
+    Once the manifest is known the upload names the areas (``staged``): for content the server
+    still needs, the parts keep going and the normal flow then finds them received; for content it
+    already has, sending stops. Any failure here only means those parts are sent again later.
+    """
+
+    def __init__(self, uploader: Uploader, project: str, files: list[Path]):
+        self.client = uploader.client
+        self.bar = uploader.bar
+        self.project = project
+        self.files = files
+        self.areas: dict[Path, dict[str, Any]] = {}
+        self.stop: dict[Path, threading.Event] = {}
+        self.futures: dict[Path, list[Future[None]]] = {}
+        self.pool = ThreadPoolExecutor(max_workers=self.client.parallel)
+        self.bar_started = False
+        self.staged: dict[str, str] = {}
+
+    def start(self) -> bool:
+        """Open the staging areas and start sending; False if the server offers none (nothing sent)."""
+        url = f"/projects/{transfer.quote_segment(self.project)}/stagings"
+        total = 0
+        for local in self.files:
+            size = local.stat().st_size
+            try:
+                area = self.client._json("POST", url, json={"size": size})
+            except (Unauthenticated, PermissionDenied):
+                self.cancel()
+                raise
+            except ModeldepotError:
+                # E.g. a server without staging areas, or a bad project: the normal flow says why.
+                self.cancel()
+                return False
+            self.areas[local] = area
+            total += size
+        self.bar.start("uploading", total)
+        self.bar_started = True
+        for local, area in self.areas.items():
+            stop = self.stop[local] = threading.Event()
+            self.futures[local] = [self.pool.submit(self._send, local, part, stop) for part in area["parts"]]
+        return True
+
+    def _send(self, local: Path, part: dict[str, Any], stop: threading.Event) -> None:
+        if stop.is_set():
+            return
+        try:
+            self.client.put_file(part["url"], local, int(part["offset"]), int(part["size"]), self.bar.advance)
+        except ModeldepotError:
+            stop.set()  # the normal flow sends whatever did not arrive
+
+    def named(self, manifest: list[tuple[ModelFile, Path]]) -> dict[str, str]:
+        """``{sha256: staging id}`` for the manifest; a second area for the same content is dropped."""
+        staged: dict[str, str] = {}
+        for f, local in manifest:
+            area = self.areas.get(local)
+            if area is not None and f.sha256 not in staged and f.size == int(area["size"]):
+                staged[f.sha256] = area["id"]
+        self.staged = staged
+        return staged
+
+    def finish(self, missing: set[str]) -> None:
+        """Let the parts of still-missing content arrive; stop the others and wait for the pool."""
+        needed = {sid for sha, sid in self.staged.items() if sha in missing}
+        keep = {local for local, area in self.areas.items() if area["id"] in needed}
+        try:
+            for local in self.areas:
+                if local not in keep:
+                    self.stop[local].set()
+            for future in itertools.chain.from_iterable(self.futures.values()):
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.bar_started:
+                self.bar.finish()
+            for local, area in self.areas.items():
+                if local not in keep:
+                    self._drop(area)
+
+    def cancel(self) -> None:
+        """Stop sending and drop every staging area (on failure, before the manifest named them)."""
+        for stop in self.stop.values():
+            stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.bar_started:
+            self.bar.finish()
+        for area in self.areas.values():
+            self._drop(area)
+
+    def _drop(self, area: dict[str, Any]) -> None:
+        # Gone already when the server dropped or adopted it; else it would only wait for its expiry.
+        with contextlib.suppress(ModeldepotError):
+            self.client._request("DELETE", area["url"])

@@ -7,16 +7,17 @@ collector can never delete bytes in the instant they are published again: on Pos
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..services.ports import PendingBlob
+from ..services.ports import PendingBlob, Staging
 from . import tables as t
 
 
@@ -187,4 +188,83 @@ class BlobRows:
                 conn.scalars(
                     select(t.pending_blobs.c.staging_id).where(t.pending_blobs.c.staging_id.is_not(None))
                 )
-            )
+            ) | set(conn.scalars(select(t.stagings.c.id)))
+
+    # -- stagings opened before their content's sha256 was known -------------------------------------
+
+    def create_staging(self, staging: Staging) -> None:
+        with self._tx() as conn:
+            conn.execute(insert(t.stagings).values(**dataclasses.asdict(staging)))
+
+    def get_staging(self, staging_id: str) -> Staging | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.stagings).where(t.stagings.c.id == staging_id)).mappings().first()
+        return None if row is None else _staging(row)
+
+    def count_stagings(self, created_by: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).where(t.stagings.c.created_by == created_by)) or 0)
+
+    def adopt_staging(self, model_id: str, sha256: str, staging: Staging) -> bool:
+        """Hand a staging area to a pending blob that has none, in one transaction (False: not done)."""
+        try:
+            with self._tx() as conn:
+                taken = conn.execute(
+                    delete(t.stagings).where(
+                        t.stagings.c.id == staging.id, t.stagings.c.created_by == staging.created_by
+                    )
+                )
+                given = conn.execute(
+                    update(t.pending_blobs)
+                    .where(
+                        t.pending_blobs.c.model_id == model_id,
+                        t.pending_blobs.c.sha256 == sha256,
+                        t.pending_blobs.c.staging_id.is_(None),
+                    )
+                    .values(staging_id=staging.id, part_size=staging.part_size)
+                )
+                if taken.rowcount != 1 or given.rowcount != 1:
+                    raise _NotAdopted  # rolls both back: the staging stays where it was
+        except _NotAdopted:
+            return False
+        return True
+
+    def pending_of_staging(self, staging_id: str) -> tuple[str, PendingBlob] | None:
+        """The uploading model and pending blob that took this staging area over, if one did."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.pending_blobs).where(t.pending_blobs.c.staging_id == staging_id)
+            ).first()
+        if row is None:
+            return None
+        return row.model_id, PendingBlob(
+            sha256=row.sha256, size=int(row.size), staging_id=row.staging_id, part_size=row.part_size
+        )
+
+    def delete_staging(self, staging_id: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(delete(t.stagings).where(t.stagings.c.id == staging_id)).rowcount == 1
+
+    def expired_stagings(self, now: datetime) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(select(t.stagings.c.id).where(t.stagings.c.expires_at < now)))
+
+
+class _NotAdopted(Exception):
+    pass
+
+
+def _staging(row: Any) -> Staging:
+    return Staging(
+        id=row["id"],
+        project_id=row["project_id"],
+        created_by=row["created_by"],
+        size=int(row["size"]),
+        part_size=int(row["part_size"]),
+        created_at=_aware(row["created_at"]),
+        expires_at=_aware(row["expires_at"]),
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

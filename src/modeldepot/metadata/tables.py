@@ -145,6 +145,23 @@ pending_blobs = Table(
     Index(None, "sha256"),
 )
 
+# Staging areas opened before their content's sha256 is known: a client sends a large file's parts
+# while it is still hashing it, then names the staging area in its manifest, and the upload adopts it
+# (the row goes, the pending blob takes the staging area). Rows that nobody adopted expire.
+stagings = Table(
+    "stagings",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("project_id", String(16), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("part_size", BigInteger, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Index(None, "created_by"),
+    Index(None, "expires_at"),
+)
+
 # Every blob the blob store holds, with when it was last published or named by an upload: the
 # garbage collector deletes only rows no file or upload references and untouched for a grace period,
 # holding the row (lock) while it deletes the bytes; publishing takes the same row.

@@ -33,7 +33,7 @@ from . import ids, validation
 from .archives import ArchiveLimits, unpack_zip
 from .auth import Principal
 from .models import Limits, ModelService, check_manifest, detect_type
-from .ports import BlobStore, BlobWriter, MetadataStore, NewModel, PendingBlob
+from .ports import BlobStore, BlobWriter, MetadataStore, NewModel, PendingBlob, Staging
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,18 @@ class PartPlan:
     parts: tuple[Part, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class StagedPlan:
+    """A staging area opened before its content's sha256 is known, and where its parts go."""
+
+    staging: Staging
+    parts: tuple[Part, ...]
+
+
+# How many staging areas one key may hold open (not yet named by an upload) at once.
+MAX_OPEN_STAGINGS = 64
+
+
 class UploadService:
     def __init__(self, store: MetadataStore, blobs: BlobStore, models: ModelService, limits: Limits):
         self.store = store
@@ -97,14 +109,21 @@ class UploadService:
         metadata: Any = None,
         dataset_ref: Any = None,
         upload_key: Any = None,
+        staged: Any = None,
         source: str = "upload",
     ) -> UploadPlan:
-        """Create a model in state ``uploading`` from its manifest, or resume the one ``upload_key`` names."""
+        """Create a model in state ``uploading`` from its manifest, or resume the one ``upload_key`` names.
+
+        ``staged`` maps a sha256 of the manifest to a staging area this key opened with :meth:`stage`
+        before it knew that sha256 (its parts may still be arriving): a blob still missing takes it
+        over; one that is not needed (the content is stored already) is dropped.
+        """
         principal.require(project_id, "editor")
         if not self.store.project_exists(project_id):
             raise NotFound(f"Project {project_id} not found")
         key = validation.sha256(upload_key) if upload_key is not None else None
         manifest = check_manifest(files, self.limits.max_files)
+        claimed = _staged_map(staged, len(manifest))
         if key is not None:
             earlier = self.store.find_upload(project_id, key, principal.user)
             if earlier is not None:
@@ -117,6 +136,7 @@ class UploadService:
                     self.store.update_model(
                         model.id, expires_at=datetime.now(UTC) + self.limits.upload_expiry
                     )
+                    self._adopt(principal, project_id, model.id, claimed)
                     return UploadPlan(model=model, missing=self._missing(model.id), resumed=True)
         now = datetime.now(UTC)
         readable = self.store.visible_blobs(principal.visible_projects(), {f.sha256 for f in manifest})
@@ -151,9 +171,138 @@ class UploadService:
             upload_key=key,
         )
         model = self.store.create_model(new)
+        self._adopt(principal, project_id, model.id, claimed)
         return UploadPlan(
             model=self.models.get(principal, model.id, with_files=False), missing=self._missing(model.id)
         )
+
+    def _adopt(self, principal: Principal, project_id: str, model_id: str, claimed: dict[str, str]) -> None:
+        """Give the model's missing blobs the staging areas the client filled for them; drop the rest.
+
+        Only this key's own staging areas of this project are touched: naming anyone else's changes
+        nothing.
+        """
+        if not claimed:
+            return
+        pending = {p.sha256: p for p in self.store.pending(model_id)}
+        for sha256, staging_id in claimed.items():
+            staging = self.store.get_staging(staging_id)
+            if staging is None or staging.created_by != principal.user or staging.project_id != project_id:
+                continue
+            blob = pending.get(sha256)
+            if (
+                blob is not None
+                and blob.staging_id is None
+                and blob.size == staging.size
+                and self.store.adopt_staging(model_id, sha256, staging)
+            ):
+                continue
+            # Not needed (the content is stored already, or the blob has a staging area of its own).
+            self._drop_staging(staging.id)
+
+    def _drop_staging(self, staging_id: str) -> None:
+        if self.store.delete_staging(staging_id):
+            self.blobs.abort_staging(staging_id)
+
+    # -- staging before the sha256 is known ------------------------------------------------------------
+
+    def stage(self, principal: Principal, project_id: str, size: Any, *, url_ttl: int = 3600) -> StagedPlan:
+        """Open a staging area for ``size`` bytes whose sha256 the client is still computing.
+
+        The client sends parts while it hashes, then names the area in its manifest (``staged``).
+        An area nobody names expires with the upload expiry.
+        """
+        principal.require(project_id, "editor")
+        if not self.store.project_exists(project_id):
+            raise NotFound(f"Project {project_id} not found")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise InvalidInput(
+                f"size must be a positive number of bytes, not {size!r}",
+                hint="Give the size of the file you are about to send.",
+            )
+        if self.store.count_stagings(principal.user) >= MAX_OPEN_STAGINGS:
+            raise Conflict(
+                f"This key already has {MAX_OPEN_STAGINGS} staging areas that no upload has named",
+                hint="Finish or cancel those uploads (DELETE …/stagings/{id}), or wait until they expire.",
+            )
+        staging_id = self.blobs.begin_staging(size)
+        now = datetime.now(UTC)
+        staging = Staging(
+            id=staging_id,
+            project_id=project_id,
+            created_by=principal.user,
+            size=size,
+            part_size=self.limits.part_size,
+            created_at=now,
+            expires_at=now + self.limits.upload_expiry,
+        )
+        try:
+            self.store.create_staging(staging)
+        except BaseException:
+            self.blobs.abort_staging(staging_id)
+            raise
+        parts = tuple(
+            Part(
+                number=number,
+                offset=offset,
+                size=part,
+                received=False,
+                url=self.blobs.presign_part(staging_id, number, url_ttl, offset=offset, size=part),
+            )
+            for number, offset, part in _layout(size, staging.part_size)
+        )
+        return StagedPlan(staging=staging, parts=parts)
+
+    def _own_staging(self, principal: Principal, staging_id: str) -> Staging:
+        staging = self.store.get_staging(staging_id)
+        if staging is None or staging.created_by != principal.user:
+            raise _no_staging(staging_id)
+        principal.require(staging.project_id, "editor")
+        return staging
+
+    def write_staged_part(
+        self,
+        principal: Principal,
+        staging_id: str,
+        number: int,
+        chunks: Iterable[bytes],
+        part_sha256: str | None = None,
+    ) -> None:
+        """Store one part of a staging area, sent through the server.
+
+        Parts may still be on their way when an upload takes the area over; they land all the same.
+        """
+        staging = self.store.get_staging(staging_id)
+        if staging is not None:
+            if staging.created_by != principal.user:
+                raise _no_staging(staging_id)
+            principal.require(staging.project_id, "editor")
+            total, part_size = staging.size, staging.part_size
+        else:
+            taken = self.store.pending_of_staging(staging_id)
+            if taken is None or taken[1].part_size is None or not self._taken_by(principal, taken[0]):
+                raise _no_staging(staging_id)
+            total, part_size = taken[1].size, taken[1].part_size
+        layout = _layout(total, part_size)
+        if not 1 <= number <= len(layout):
+            raise InvalidInput(
+                f"Part {number} does not exist: staging area {staging_id} has parts 1 to {len(layout)}"
+            )
+        _, offset, size = layout[number - 1]
+        digest = validation.sha256(part_sha256) if part_sha256 is not None else None
+        self.blobs.write_part(staging_id, number, offset, size, chunks, digest)
+
+    def _taken_by(self, principal: Principal, model_id: str) -> bool:
+        """Whether the model is an upload of this key (so the area it took over is still its own)."""
+        model = self.store.get_model(model_id)
+        if model is None or model.state != "uploading" or model.created_by != principal.user:
+            return False
+        principal.require(model.project_id, "editor")
+        return True
+
+    def cancel_staging(self, principal: Principal, staging_id: str) -> None:
+        """Drop a staging area no upload has named, with its parts."""
+        self._drop_staging(self._own_staging(principal, staging_id).id)
 
     def _new_model(
         self,
@@ -187,7 +336,11 @@ class UploadService:
 
     def _missing(self, model_id: str) -> tuple[MissingBlob, ...]:
         return tuple(
-            MissingBlob(sha256=p.sha256, size=p.size, in_parts=p.size > self.limits.part_threshold)
+            MissingBlob(
+                sha256=p.sha256,
+                size=p.size,
+                in_parts=p.size > self.limits.part_threshold or p.staging_id is not None,
+            )
             for p in self.store.pending(model_id)
         )
 
@@ -366,6 +519,8 @@ class UploadService:
         expired = self.store.expired_uploads(now)
         for model_id in expired:
             self.store.delete_model(model_id)
+        for staging_id in self.store.expired_stagings(now):
+            self._drop_staging(staging_id)
         return len(expired)
 
     # -- models created first and given their files later (the Gradient CLI's upload) ---------------
@@ -452,6 +607,30 @@ class UploadService:
         except (InvalidInput, PayloadTooLarge):
             self.store.update_model(model_id, state="failed")
             raise
+
+
+def _no_staging(staging_id: str) -> NotFound:
+    return NotFound(
+        f"Staging area {staging_id} not found",
+        hint="It expired or was cancelled, or the upload that took it over has finished with it.",
+    )
+
+
+def _staged_map(staged: Any, limit: int) -> dict[str, str]:
+    """``{sha256: staging id}`` from user input, checked."""
+    if staged is None:
+        return {}
+    if not isinstance(staged, dict) or len(staged) > limit:
+        raise InvalidInput(
+            "staged must map sha256 digests of the manifest to staging area ids",
+            hint="Name at most one staging area per file.",
+        )
+    checked = {}
+    for sha256, staging_id in staged.items():
+        if not isinstance(staging_id, str) or not 0 < len(staging_id) <= 200:
+            raise InvalidInput(f"staged[{sha256!r}] must be the id of a staging area")
+        checked[validation.sha256(sha256)] = staging_id
+    return checked
 
 
 def _layout(size: int, part_size: int) -> list[tuple[int, int, int]]:

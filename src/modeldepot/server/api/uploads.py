@@ -40,6 +40,17 @@ class ModelCreate(BaseModel):
     upload_key: str | None = Field(
         None, description="A digest of what is uploaded: the same key from the same user resumes that upload."
     )
+    staged: dict[str, str] | None = Field(
+        None,
+        description="sha256 → id of a staging area this key opened (POST …/stagings) and filled while it "
+        "hashed: a missing blob takes it over with the parts it holds; an unneeded one is dropped.",
+    )
+
+
+class StagingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(strict=True, description="The size in bytes of the file whose parts will follow.")
 
 
 @router.post("/projects/{project_id}/models", status_code=201)
@@ -63,6 +74,7 @@ def start_upload(
         metadata=body.metadata,
         dataset_ref=body.dataset_ref,
         upload_key=body.upload_key,
+        staged=body.staged,
     )
     mid = plan.model.id
     missing = []
@@ -172,3 +184,62 @@ def complete_blob(model_id: str, sha256: str, principal: PrincipalDep, services:
 def commit(model_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
     """Check every blob and mark the model ready."""
     return to_json(services.uploads.commit(principal, model_id))
+
+
+# -- staging areas opened before the sha256 is known ------------------------------------------------
+
+
+@router.post("/projects/{project_id}/stagings", status_code=201)
+def create_staging(
+    project_id: str, body: StagingCreate, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Any:
+    """Open a staging area for a large file the client is still hashing, and list where its parts go.
+
+    The client sends the parts while it hashes, then names the area in its manifest (``staged`` of
+    ``POST …/models``): a blob the server still needs takes the area over, parts and all.
+    """
+    plan = services.uploads.stage(principal, project_id, body.size)
+    sid = plan.staging.id
+    parts = [
+        {
+            "number": p.number,
+            "offset": p.offset,
+            "size": p.size,
+            "url": p.url or str(request.url_for("put_staged_part", staging_id=sid, number=p.number)),
+        }
+        for p in plan.parts
+    ]
+    return {
+        "id": sid,
+        "size": plan.staging.size,
+        "part_size": plan.staging.part_size,
+        "expires_at": plan.staging.expires_at.isoformat().replace("+00:00", "Z"),
+        "parts": parts,
+        "url": str(request.url_for("cancel_staging", staging_id=sid)),
+    }
+
+
+@router.put("/stagings/{staging_id}/parts/{number}", status_code=204)
+async def put_staged_part(
+    staging_id: str,
+    number: int,
+    request: Request,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    x_part_sha256: Annotated[str | None, Header()] = None,
+) -> Response:
+    """One part of a staging area no upload has named yet (afterwards, use the blob's own part URLs)."""
+    await consume_body(
+        request,
+        lambda chunks: services.uploads.write_staged_part(
+            principal, staging_id, number, chunks, x_part_sha256
+        ),
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/stagings/{staging_id}", status_code=204)
+def cancel_staging(staging_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+    """Drop a staging area that no upload has named, with its parts."""
+    services.uploads.cancel_staging(principal, staging_id)
+    return Response(status_code=204)
