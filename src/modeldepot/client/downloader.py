@@ -221,10 +221,10 @@ class Downloader:
                         raise ConnectionFailed(f"The server did not answer a range request for {f.path}")
 
                 self.client.get_into(url, sink, {"Range": f"bytes={start}-{end - 1}"}, on_start=on_start)
-                if pos == end:
-                    # On disk before .part.done says it arrived, so a resume after a crash trusts only
-                    # whole ranges (and writing back range by range is cheaper than all at the end).
-                    os.fdatasync(out.fileno())
+            # Not fsynced, as no download tool does: a killed process loses nothing (the page cache
+            # keeps what it wrote), and after a power cut a range that .part.done lists but the disk
+            # lost fails the final sha256 check, which discards the file. Syncing each range made the
+            # CLI wait for the disk: 3.2 s against 2.1-2.5 s for 2 GiB here.
             if pos != end:
                 raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
             with lock, done_file.open("a") as marks:
