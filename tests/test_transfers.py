@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from modeldepot import Client, Conflict, IntegrityError
+from modeldepot import Client, Conflict, IntegrityError, InvalidInput
 
 from .conftest import RunningServer, make_settings, running_server, write_tree
 
@@ -503,3 +503,27 @@ def test_resuming_an_upload_gives_it_the_full_expiry_again(server: RunningServer
         again = http.post(f"/projects/{project}/models", json=body).json()
         assert again["resumed"] and again["model"]["id"] == first["model"]["id"]
         assert expiry(first["model"]["id"]) > before
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_download_never_writes_through_a_symlink_out_of_its_folder(
+    admin: Client, project: str, tmp_path: Path
+) -> None:
+    src = write_tree(tmp_path / "m", {"sub/w.bin": b"w" * 10, "top.bin": b"t" * 10, "ok/fine.bin": b"f"})
+    model = admin.upload(src, project=project, name="m")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "top.bin").write_bytes(b"precious")
+    for link, to in (("sub", outside), ("top.bin", outside / "top.bin")):
+        dest = tmp_path / f"dest-{link}"
+        dest.mkdir()
+        (dest / link).symlink_to(to)
+        with pytest.raises(InvalidInput, match="outside"):
+            admin.download(model.id, dest)
+        assert sorted(p.name for p in outside.iterdir()) == ["top.bin"]
+        assert (outside / "top.bin").read_bytes() == b"precious"
+    inside = tmp_path / "dest-inside"
+    (inside / "real").mkdir(parents=True)
+    (inside / "ok").symlink_to(inside / "real")  # a symlink that stays inside is fine
+    admin.download(model.id, inside)
+    assert (inside / "real" / "fine.bin").read_bytes() == b"f"

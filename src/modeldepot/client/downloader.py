@@ -43,7 +43,8 @@ class Downloader:
 
     def run(self, model_id: str, dest: Path) -> list[Path]:
         files = self.client._json("GET", f"/models/{transfer.quote_segment(model_id)}/files")["items"]
-        targets = [(ModelFile.from_json(f), f["url"], transfer.safe_target(dest, f["path"])) for f in files]
+        where = transfer.Targets(dest)
+        targets = [(ModelFile.from_json(f), f["url"], where(f["path"])) for f in files]
         self.bar.start("downloading", sum(f.size for f, _, _ in targets))
         try:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
@@ -51,10 +52,13 @@ class Downloader:
                 large = []
                 batch: list[tuple[ModelFile, Path]] = []
                 batch_bytes = 0
+                made: set[Path] = set()
                 for f, url, target in targets:
                     if self._already_there(f, target):
                         continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.parent not in made:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        made.add(target.parent)
                     part = target.with_name(target.name + ".part")
                     if f.size >= RANGED_THRESHOLD:
                         large.append((f, url, target))

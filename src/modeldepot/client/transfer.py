@@ -108,13 +108,27 @@ def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iter
         )
 
 
-def safe_target(dest: Path, stored_path: str) -> Path:
-    """Where a stored path lands under ``dest``; refuses anything that would escape it."""
-    clean = normalize_path(stored_path)
-    target = (dest / clean).resolve()
-    if not target.is_relative_to(dest.resolve()):
-        raise InvalidInput(f"Refusing to write {stored_path!r} outside {dest}")
-    return target
+class Targets:
+    """Where stored paths land under ``dest``; refuses any that would escape it (``..``, or a symlink
+    on the way that leads outside). Each directory is resolved once, not once per file in it."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self.root = dest.resolve()
+        self._dirs: dict[str, Path] = {}
+
+    def __call__(self, stored_path: str) -> Path:
+        clean = normalize_path(stored_path)
+        folder, _, name = clean.rpartition("/")
+        parent = self._dirs.get(folder)
+        if parent is None:
+            parent = self._dirs[folder] = (self.dest / folder).resolve()
+        target = parent / name
+        if os.path.islink(target):
+            target = target.resolve()
+        if not target.is_relative_to(self.root):
+            raise InvalidInput(f"Refusing to write {stored_path!r} outside {self.dest}")
+        return target
 
 
 def quote_segment(value: str, safe: str = "") -> str:
