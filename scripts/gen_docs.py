@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -36,7 +37,8 @@ try:
     from modeldepot import errors
     from modeldepot.cli.main import cli
     from modeldepot.cli.serve import serve
-    from modeldepot.config import ClientSettings, Settings
+    from modeldepot.client.settings import ClientSettings
+    from modeldepot.config import Settings
 except ImportError as exc:  # pragma: no cover - only when run outside the project's environment
     sys.exit(f"gen_docs: {exc}. Run it with the project's venv: .venv/bin/python scripts/gen_docs.py")
 
@@ -179,23 +181,35 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def env_var(settings_class: type[BaseSettings], name: str) -> str:
-    prefix = str(settings_class.model_config.get("env_prefix") or "")
-    return f"{prefix}{name}".upper()
+def settings_fields(settings_class: type) -> tuple[str, dict[str, FieldInfo]]:
+    """The environment prefix and the fields of a pydantic settings class or of a dataclass."""
+    if isinstance(settings_class, type) and issubclass(settings_class, BaseSettings):
+        return str(settings_class.model_config.get("env_prefix") or ""), dict(settings_class.model_fields)
+    hints = typing.get_type_hints(settings_class)
+    fields = {}
+    for f in dataclasses.fields(settings_class):
+        fields[f.name] = FieldInfo(
+            annotation=hints[f.name],
+            default=PydanticUndefined if f.default is dataclasses.MISSING else f.default,
+            default_factory=None if f.default_factory is dataclasses.MISSING else f.default_factory,
+            description=f.metadata.get("description"),
+        )
+    return str(vars(sys.modules[settings_class.__module__]).get("PREFIX", "")), fields
 
 
 def _settings_table(
-    settings_class: type[BaseSettings],
+    settings_class: type,
     command: click.Command,
     *,
     describe_missing: Callable[[str, click.Option | None], str],
 ) -> list[str]:
     options = _options_by_param(command)
+    prefix, fields = settings_fields(settings_class)
     rows = [
         "| Environment variable | Option | Type | Default | Allowed | Description |",
         "|---|---|---|---|---|---|",
     ]
-    for name, field in settings_class.model_fields.items():
+    for name, field in fields.items():
         option = options.get(name)
         flag = " / ".join(f"`{o}`" for o in option.opts) if option else ""
         description = field.description or describe_missing(name, option)
@@ -203,7 +217,7 @@ def _settings_table(
             "| "
             + " | ".join(
                 [
-                    f"`{env_var(settings_class, name)}`",
+                    f"`{prefix}{name}`".upper(),
                     flag,
                     _cell(_type_name(field.annotation)),
                     _cell(_default(field)),
@@ -242,7 +256,8 @@ def render_settings() -> str:
         "",
         "The `modeldepot` CLI finds its server and API key from the `--url` and `--api-key` options,",
         "then these environment variables, then the file that `modeldepot login` writes (`config_file`).",
-        "The Python SDK reads none of them: pass the URL and key to `modeldepot.Client`.",
+        "`modeldepot.Client` reads none of them (pass it the URL and key); `modeldepot.workload()` and",
+        "`modeldepot.log_model()` without a `client=` read them as the CLI does.",
         "",
         *_settings_table(ClientSettings, cli, describe_missing=_client_missing),
     ]

@@ -2,18 +2,17 @@
 
 Every server setting is a field of :class:`Settings`, set by a ``modeldepot serve`` option or a
 ``MODELDEPOT_*`` environment variable; ``docs/reference/settings.md`` lists them and a test checks it.
+The CLI's few settings are in ``client/settings.py`` (kept free of pydantic, for a fast start).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -124,39 +123,3 @@ class Settings(BaseSettings):
         finally:
             tmp.unlink(missing_ok=True)
         return path.read_bytes().strip()
-
-
-class ClientSettings(BaseSettings):
-    """Where the CLI and SDK find the server: ``MODELDEPOT_URL`` / ``MODELDEPOT_API_KEY`` or the login file."""
-
-    model_config = SettingsConfigDict(env_prefix="MODELDEPOT_", extra="ignore")
-
-    url: str | None = None
-    api_key: str | None = None
-    config_file: Path = Field(
-        default_factory=lambda: (
-            Path(os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config"))
-            / "modeldepot"
-            / "config.json"
-        )
-    )
-
-    hash_cache: Path | None = Field(
-        default_factory=lambda: (
-            Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "modeldepot" / "hashes.db"
-        ),
-        description="Where the CLI remembers file digests, so unchanged files are not hashed again on "
-        "re-upload (MODELDEPOT_HASH_CACHE=none: off).",
-    )
-
-    @field_validator("hash_cache", mode="before")
-    @classmethod
-    def _off(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip().lower() in ("", "0", "off", "none") else value
-
-    def stored(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.config_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}

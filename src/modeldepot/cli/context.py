@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 
 from ..client import Client
-from ..config import ClientSettings
+from ..client.settings import ClientSettings
 from ..errors import Unauthenticated
 
 
 def settings() -> ClientSettings:
-    return ClientSettings()
+    return ClientSettings.from_env()
 
 
 def save_login(url: str, api_key: str) -> Path:

@@ -232,10 +232,10 @@ class Run:
 
 def _default_client() -> Client:
     """A client from MODELDEPOT_URL / MODELDEPOT_API_KEY, else from what `modeldepot login` stored."""
-    from ..config import ClientSettings
     from .client import Client
+    from .settings import ClientSettings
 
-    settings = ClientSettings()
+    settings = ClientSettings.from_env()
     stored = settings.stored()
     url = settings.url or stored.get("url")
     if not url:
