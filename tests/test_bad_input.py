@@ -460,7 +460,7 @@ def _start(depot: Depot, files: dict[str, bytes], name: str = "blobby") -> str:
 
 
 def _tmp_files(depot: Depot) -> list[Path]:
-    return [p for p in Path(depot.blob_store().tmp_dir).iterdir()]
+    return [p for p in Path(depot.blob_store().tmp_dir).rglob("*") if not p.is_dir()]  # tmp/t<n>/…
 
 
 def test_blob_with_wrong_bytes_is_discarded_and_commit_says_what_is_missing(depot: Depot) -> None:

@@ -108,7 +108,8 @@ def is_s3(store: BlobStore) -> bool:
 def leftovers(store: BlobStore) -> list[str]:
     """Whatever the store holds besides published blobs: temporary files, objects, open uploads."""
     if isinstance(store, LocalBlobStore):
-        return sorted(str(p) for p in (store.root / "tmp").iterdir()) + store.staging_ids()
+        temporary = (p for p in (store.root / "tmp").rglob("*") if not p.is_dir())  # tmp/t<n>/… files
+        return sorted(str(p) for p in temporary) + store.staging_ids()
     s3 = store.client
     bucket, prefix = store.bucket, store.key("")
     found = [

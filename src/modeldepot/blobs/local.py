@@ -26,6 +26,7 @@ from ..errors import IntegrityError, StorageFull
 from ..services.ports import BlobWriter
 
 SYNC_THREADS = 8
+TMP_FOLDERS = 16
 
 PublishGuard = Callable[[str, int], AbstractContextManager[None]]
 
@@ -42,8 +43,9 @@ class LocalBlobWriter:
         self._store = store
         # Like tempfile.mkstemp, for a fraction of its cost (it matters with thousands of small files).
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        folder = store.tmp_folder()
         while True:
-            self.tmp = store.tmp_dir / f"upload-{store.tmp_prefix}-{next(store.tmp_counter)}"
+            self.tmp = folder / f"upload-{store.tmp_prefix}-{next(store.tmp_counter)}"
             try:
                 fd = os.open(self.tmp, flags, 0o600)
                 break
@@ -145,7 +147,23 @@ class LocalBlobStore:
         self.tmp_counter = itertools.count()
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Each thread makes its temporary files in a folder of its own: threads creating files in
+        # one folder at once queue on the folder's lock, and spin there (perf: 13% of the server's
+        # CPU for 2,000 small files in four parallel batches).
+        self._tmp_threads = itertools.count()
+        self._tmp_thread = threading.local()
         (self.root / "sha256").mkdir(exist_ok=True)
+
+    def tmp_folder(self) -> Path:
+        """This thread's folder for temporary files (the k-th thread to ask gets folder k mod 16)."""
+        folder: Path | None = getattr(self._tmp_thread, "folder", None)
+        if folder is None:
+            with self._ahead_lock:
+                number = next(self._tmp_threads) % TMP_FOLDERS
+            folder = self.tmp_dir / f"t{number}"
+            folder.mkdir(exist_ok=True)
+            self._tmp_thread.folder = folder
+        return folder
 
     def _path(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256

@@ -52,9 +52,20 @@ class BlobRows:
         """:meth:`publishing_blob` for many blobs in one transaction (rows taken in sha256 order, so
         that two batches never wait for each other crosswise)."""
         now = datetime.now(UTC)
+        rows = [
+            {"sha256": sha256, "size": size, "created_at": now, "touched_at": now}
+            for sha256, size in sorted(set(blobs))
+        ]
         with self._tx() as conn:
-            for sha256, size in sorted(set(blobs)):
-                self._upsert_blob(conn, sha256, size, now)
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            # Many rows to a statement (at most 4 x 200 parameters: under SQLite's oldest limit).
+            for i in range(0, len(rows), 200):
+                stmt = dialect_insert(t.blobs).values(rows[i : i + 200])
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[t.blobs.c.sha256], set_={"touched_at": stmt.excluded.touched_at}
+                    )
+                )
             yield
 
     def stored_blobs(self, shas: Iterable[str]) -> dict[str, int]:
