@@ -490,3 +490,39 @@ def test_open_blob_store_by_url(tmp_path: Path) -> None:
         assert store.local_path(EMPTY) is None
     finally:
         store.close()
+
+
+def _put(store: LocalBlobStore, data: bytes) -> str:
+    writer = store.writer()
+    writer.write(data)
+    return writer.commit_computed()[0]
+
+
+def test_a_new_local_store_keeps_one_folder_level_and_says_so(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    digest = _put(store, b"new")
+    assert (tmp_path / "blobs" / "LAYOUT").read_text() == "sha256/ab/<sha256>\n"
+    assert store.local_path(digest) == tmp_path / "blobs" / "sha256" / digest[:2] / digest
+    assert list(store.iter_blobs()) == [(digest, 3)]
+    assert LocalBlobStore(tmp_path / "blobs").local_path(digest) is not None  # the next start agrees
+
+
+def test_a_store_from_before_the_layout_file_keeps_two_levels(tmp_path: Path) -> None:
+    old = hashlib.sha256(b"old").hexdigest()
+    legacy = tmp_path / "blobs" / "sha256" / old[:2] / old[2:4] / old
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"old")
+    store = LocalBlobStore(tmp_path / "blobs")
+    assert store.layout == "sha256/ab/cd/<sha256>"
+    assert b"".join(store.read(old)) == b"old" and store.size(old) == 3
+    new = _put(store, b"newer")
+    assert store.local_path(new) == tmp_path / "blobs" / "sha256" / new[:2] / new[2:4] / new
+    assert sorted(store.iter_blobs()) == sorted([(old, 3), (new, 5)])
+    assert (tmp_path / "blobs" / "LAYOUT").read_text() == "sha256/ab/cd/<sha256>\n"
+
+
+def test_an_unknown_layout_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "LAYOUT").write_text("sha512/a/b/c\n")
+    with pytest.raises(ValueError, match="LAYOUT says the blob layout is 'sha512/a/b/c'"):
+        LocalBlobStore(tmp_path / "blobs")

@@ -191,11 +191,11 @@ def test_fsck_finds_corrupt_and_missing_blobs(small_parts: RunningServer, tmp_pa
         project = admin.create_project("p").id
         src = write_tree(tmp_path / "m", {"a.bin": b"a" * 100, "b.bin": b"b" * 100})
         admin.upload(src, project=project, name="m")
-        blobs = Path(small_parts.settings.data_dir) / "blobs" / "sha256"
+        store = small_parts.app.state.services.models.blobs  # type: ignore[attr-defined]
         a = hashlib.sha256(b"a" * 100).hexdigest()
         b = hashlib.sha256(b"b" * 100).hexdigest()
-        (blobs / a[:2] / a[2:4] / a).write_bytes(b"x" * 100)
-        (blobs / b[:2] / b[2:4] / b).unlink()
+        store.local_path(a).write_bytes(b"x" * 100)
+        store.local_path(b).unlink()
         report = admin.fsck()
         assert not report["ok"] and report["corrupt"] == [a] and report["missing"] == [b]
 

@@ -1,4 +1,9 @@
-"""Blobs in a local directory: ``sha256/ab/cd/<hash>``, written through a temp file and renamed.
+"""Blobs in a local directory: ``sha256/ab/<hash>``, written through a temp file and renamed.
+
+(Stores made before 0.1 keep ``sha256/ab/cd/<hash>``: the file ``LAYOUT`` at the root says which.
+One level of 256 folders means a young store rarely makes a folder for a new blob; with two levels
+it made one for nearly every blob of its first tens of thousands, each an inode to allocate: 2,000
+small files took 0.44-0.75 s instead of 0.35 s to store here.)
 
 Large uploads arrive in parts, possibly in parallel and over several attempts: each staging area is
 one preallocated file (``staging/<id>/data``) that parts are written into at their offsets, with a
@@ -26,6 +31,9 @@ from ..errors import IntegrityError, StorageFull
 from ..services.ports import BlobWriter
 
 SYNC_THREADS = 8
+LAYOUT_FILE = "LAYOUT"
+FLAT = "sha256/ab/<sha256>"
+NESTED = "sha256/ab/cd/<sha256>"
 TMP_FOLDERS = 16
 
 PublishGuard = Callable[[str, int], AbstractContextManager[None]]
@@ -153,6 +161,31 @@ class LocalBlobStore:
         self._tmp_threads = itertools.count()
         self._tmp_thread = threading.local()
         (self.root / "sha256").mkdir(exist_ok=True)
+        self.layout = self._layout()
+        self._nested = self.layout == NESTED
+
+    def _layout(self) -> str:
+        """The store's blob layout, from its ``LAYOUT`` file; written on first use (a store that holds
+        blobs but no such file is from before it, and nested)."""
+        marker = self.root / LAYOUT_FILE
+        try:
+            found = marker.read_text().strip()
+        except FileNotFoundError:
+            legacy = any(True for _ in (self.root / "sha256").glob("*/*/*"))
+            tmp = self.tmp_dir / f"layout-{self.tmp_prefix}"
+            tmp.write_text((NESTED if legacy else FLAT) + "\n")
+            try:
+                os.link(tmp, marker)  # never replaces one another process wrote meanwhile
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+            found = marker.read_text().strip()
+        if found not in (FLAT, NESTED):
+            raise ValueError(
+                f"{marker} says the blob layout is {found!r}; this version knows {FLAT!r} and {NESTED!r}"
+            )
+        return found
 
     def tmp_folder(self) -> Path:
         """This thread's folder for temporary files (the k-th thread to ask gets folder k mod 16)."""
@@ -166,7 +199,9 @@ class LocalBlobStore:
         return folder
 
     def _path(self, sha256: str) -> Path:
-        return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
+        if self._nested:
+            return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
+        return self.root / "sha256" / sha256[:2] / sha256
 
     def size(self, sha256: str) -> int | None:
         try:
@@ -241,7 +276,7 @@ class LocalBlobStore:
 
     def iter_blobs(self) -> Iterator[tuple[str, int]]:
         """Every stored blob as (sha256, size)."""
-        for path in sorted((self.root / "sha256").glob("*/*/*")):
+        for path in sorted((self.root / "sha256").glob("*/*/*" if self._nested else "*/*")):
             if len(path.name) == 64:
                 yield path.name, path.stat().st_size
 
