@@ -165,7 +165,13 @@ class S3BlobWriter:
             self._discard()
             raise
 
-    def commit(self, expected_sha256: str, expected_size: int) -> None:
+    @property
+    def in_memory(self) -> bool:
+        """Whether all the bytes are still here (smaller than one part): committing is one PUT."""
+        return self._upload_id is None
+
+    def check(self, expected_sha256: str, expected_size: int) -> None:
+        """Raise (and discard the bytes) unless they are the blob announced."""
         digest = self._hash.hexdigest()
         if digest != expected_sha256 or self.size != expected_size:
             self._discard()
@@ -174,6 +180,16 @@ class S3BlobWriter:
                 f"with sha256 {expected_sha256}; the bytes were discarded",
                 hint=_INTEGRITY_HINT,
             )
+
+    def put_checked(self) -> None:
+        """PUT checked in-memory bytes to their final key; the caller holds the publish guard."""
+        self._done = True
+        data, self._buffer = bytes(self._buffer), bytearray()
+        self._store.put_object(self._hash.hexdigest(), data)
+
+    def commit(self, expected_sha256: str, expected_size: int) -> None:
+        self.check(expected_sha256, expected_size)
+        digest = expected_sha256
         self._done = True
         try:
             if self._upload_id is None:  # smaller than one part: one PUT, straight to its final key
@@ -332,7 +348,12 @@ class S3BlobStore:
 
     def put_blob(self, sha256: str, data: bytes) -> None:
         """Store verified in-memory bytes as blob ``sha256`` (under the publish guard)."""
-        with self.guard(sha256, len(data)), _writing():
+        with self.guard(sha256, len(data)):
+            self.put_object(sha256, data)
+
+    def put_object(self, sha256: str, data: bytes) -> None:
+        """PUT verified bytes to blob ``sha256``'s key; the caller holds the publish guard."""
+        with _writing():
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=self._blob_key(sha256),
@@ -359,23 +380,34 @@ class S3BlobStore:
         return self._head_size(self._blob_key(sha256))
 
     def commit_batch(self, batch: Sequence[tuple[BlobWriter, str, int]]) -> list[str]:
-        """Commit the writers several at a time (one PUT each; boto3's client is thread-safe); the
-        sha256 of those kept (the others failed their check and were discarded)."""
+        """Commit the writers several at a time (boto3's client is thread-safe); the sha256 of those
+        kept (the others failed their check and were discarded).
 
-        def commit(item: tuple[BlobWriter, str, int]) -> str | None:
-            writer, sha256, size = item
+        Blobs small enough to be held in memory (all of a batch, in practice) are PUT under one
+        publish guard for the batch; a guard per blob, taken by each PUT in turn, held the metadata
+        store's write lock (SQLite) across every request and so sent them one at a time.
+        """
+        checked: list[tuple[S3BlobWriter, str, int]] = []
+        for writer, sha256, size in batch:
+            assert isinstance(writer, S3BlobWriter)
             try:
-                writer.commit(sha256, size)
+                writer.check(sha256, size)
             except IntegrityError:
-                return None
-            return sha256
-
-        if len(batch) <= 1:
-            results = [commit(item) for item in batch]
-        else:
-            with ThreadPoolExecutor(max_workers=min(8, len(batch))) as pool:
-                results = list(pool.map(commit, batch))
-        return [sha256 for sha256 in results if sha256 is not None]
+                continue
+            checked.append((writer, sha256, size))
+        small = [item for item in checked if item[0].in_memory]
+        large = [item for item in checked if not item[0].in_memory]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            if small:
+                try:
+                    with self.guard_many([(sha256, size) for _, sha256, size in small]):
+                        list(pool.map(lambda item: item[0].put_checked(), small))
+                except BaseException:
+                    for writer, _, _ in small:
+                        writer.abort()
+                    raise
+            list(pool.map(lambda item: item[0].commit(item[1], item[2]), large))
+        return [sha256 for _, sha256, _ in checked]
 
     def writer(self) -> S3BlobWriter:
         return S3BlobWriter(self)
