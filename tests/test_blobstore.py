@@ -357,6 +357,25 @@ def test_staging_out_of_order(blob_store: BlobStore, via: str) -> None:
     assert leftovers(blob_store) == []
 
 
+def test_the_publish_guard_is_not_held_across_a_copy(blob_store: BlobStore) -> None:
+    """With S3 the copy into place can take minutes: the guard (SQLite's write lock, in the server)
+    is taken only to check the result. The local store renames under the guard, which is instant."""
+    data = blob(PART + 10)
+    staging_id = blob_store.begin_staging(len(data))
+    for number, offset, chunk in _parts(data):
+        send_part(blob_store, staging_id, number, offset, chunk)
+    seen: list[int | None] = []
+
+    def guard(sha256: str, size: int) -> contextlib.AbstractContextManager[None]:
+        seen.append(blob_store.size(sha256))
+        return contextlib.nullcontext()
+
+    blob_store.guard = guard
+    blob_store.finish_staging(staging_id, sha(data), len(data))
+    assert seen == [len(data) if is_s3(blob_store) else None]
+    assert read_all(blob_store, sha(data)) == data and leftovers(blob_store) == []
+
+
 def test_resent_part_replaces_the_first(blob_store: BlobStore) -> None:
     data = blob(PART + 10)
     staging_id = blob_store.begin_staging(len(data))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from ..errors import IntegrityError, InvalidInput, StorageFull
+from ..errors import IntegrityError, InvalidInput, ServerError, StorageFull
 from ..services.ports import BlobWriter
 
 try:
@@ -363,15 +363,29 @@ class S3BlobStore:
             )
 
     def publish(self, key: str, sha256: str, size: int) -> None:
-        """Copy the verified object at ``key`` into place as blob ``sha256``, then delete ``key``."""
+        """Copy the verified object at ``key`` into place as blob ``sha256``, then delete ``key``.
+
+        The copy runs outside the publish guard (with SQLite the guard holds the metadata store's
+        write lock, and copying gigabytes takes a while); under the guard it is then checked that the
+        blob is in place, which the garbage collector cannot undo once the guard has touched its row.
+        Content-addressed: a blob already there with this size is these bytes, and is kept.
+        """
         final = self._blob_key(sha256)
-        with self.guard(sha256, size):
-            # Content-addressed: a blob already there with this size is these bytes; keep it.
+        for _ in range(3):
             if self._head_size(final) != size:
                 with _writing():
                     self.client.copy(
                         {"Bucket": self.bucket, "Key": key}, self.bucket, final, Config=self._copy_config
                     )
+            with self.guard(sha256, size):
+                if self._head_size(final) == size:
+                    break
+            # Collected between the copy and the guard (a grace period shorter than the copy): again.
+        else:
+            raise ServerError(
+                f"Blob {sha256} was collected each time it was copied into place",
+                hint="Run the upload again; keep gc's grace period longer than an upload takes.",
+            )
         self.delete_key(key)
 
     # -- the BlobStore interface -----------------------------------------------------------------------
