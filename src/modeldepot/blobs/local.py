@@ -218,7 +218,8 @@ class LocalBlobStore:
 
         Cheaper per blob than one commit each: the files are fsynced one after the other once all are
         written (the first fsync commits the file system's journal for all of them), moved into place
-        under one guard (one metadata transaction), then their directories are fsynced.
+        under one guard (one metadata transaction), then their directories are fsynced, after the
+        guard.
         """
         good: list[tuple[LocalBlobWriter, str, int]] = []
         for writer, sha256, size in batch:
@@ -242,7 +243,11 @@ class LocalBlobStore:
                             final.parent.mkdir(parents=True, exist_ok=True)
                             os.replace(writer.tmp, final)
                         moved.add(final.parent)
-                    list(pool.map(_fsync_dir, moved))
+                # After the guard: it is the metadata store's write lock with SQLite, and other
+                # batches need it. A crash before these fsyncs can lose a rename whose row committed;
+                # the blob is not yet ticked off for its upload (that comes after), so the upload sends
+                # it again, and any other model naming it found it stored before (the same bytes).
+                list(pool.map(_fsync_dir, moved))
         except BaseException:
             for writer, _, _ in good:
                 writer.abort()
