@@ -242,6 +242,14 @@ def test_stagings_are_checked_and_private(small_parts: RunningServer) -> None:
             assert bad.status_code in (400, 422), (size, bad.text)
             assert "size" in bad.text
         assert a.post(f"/projects/{project}/stagings", json={"size": 5, "extra": 1}).status_code == 422
+        huge = a.post(f"/projects/{project}/stagings", json={"size": 2**62})  # past ext4's 16 TiB
+        assert huge.status_code == 422 and "larger than" in huge.json()["detail"], huge.text
+        assert _blob_stagings(small_parts) == [] and _open_stagings(small_parts) == 0
+        big = {"path": "huge.bin", "size": 2**62, "sha256": "ab" * 32}  # so too a blob's own parts
+        plan = a.post(f"/projects/{project}/models", json={"name": "h", "files": [big]}).json()
+        refused = a.post(plan["missing"][0]["parts_url"])
+        assert refused.status_code == 422 and "larger than" in refused.json()["detail"], refused.text
+        assert _blob_stagings(small_parts) == []
         assert a.post("/projects/prnope/stagings", json={"size": 5}).status_code == 404
         assert v.post(f"/projects/{project}/stagings", json={"size": 5}).status_code == 403
         area = a.post(f"/projects/{project}/stagings", json={"size": len(data)}).json()

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import IntegrityError, StorageFull
+from ..errors import IntegrityError, InvalidInput, StorageFull
 from ..services.ports import BlobWriter
 
 SYNC_THREADS = 8
@@ -309,8 +309,16 @@ class LocalBlobStore:
         staging_id = secrets.token_hex(12)
         area = self._staging(staging_id)
         (area / "parts").mkdir(parents=True)
-        with (area / "data").open("wb") as f:
-            f.truncate(size)
+        try:
+            with (area / "data").open("wb") as f:
+                f.truncate(size)
+        except OSError as exc:
+            shutil.rmtree(area, ignore_errors=True)
+            if exc.errno == errno.EFBIG:
+                raise InvalidInput(
+                    f"A file of {size} bytes is larger than the blob store's file system can hold"
+                ) from None
+            raise
         return staging_id
 
     def presign_part(
