@@ -143,7 +143,8 @@ class Uploader:
             todo += (
                 item["size"] if parts is None else sum(p["size"] for p in parts["parts"] if not p["received"])
             )
-        self.bar.start("uploading", todo)
+        if todo:  # no empty bar when everything arrived ahead (only completing is left)
+            self.bar.start("uploading", todo)
         try:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
                 futures: list[Future[None]] = []
@@ -165,7 +166,8 @@ class Uploader:
                     futures.append(pool.submit(self._put_batch, batch, local_of))
                 transfer.wait_all(futures)
         finally:
-            self.bar.finish()
+            if todo:
+                self.bar.finish()
 
     def _put_whole(self, item: dict[str, Any], local: Path) -> None:
         size = int(item["size"])
