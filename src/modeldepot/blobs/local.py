@@ -1,6 +1,6 @@
 """Blobs in a local directory: ``sha256/ab/<hash>``, written through a temp file and renamed.
 
-(Stores made before 0.1 keep ``sha256/ab/cd/<hash>``: the file ``LAYOUT`` at the root says which.
+(Stores made before the ``LAYOUT`` file keep ``sha256/ab/cd/<hash>``; that file, at the root, says which.
 One level of 256 folders means a young store rarely makes a folder for a new blob; with two levels
 it made one for nearly every blob of its first tens of thousands, each an inode to allocate: 2,000
 small files took 0.44-0.75 s instead of 0.35 s to store here.)
