@@ -234,8 +234,9 @@ class Client:
     ) -> Model:
         """Upload a file or a directory as a new model and return it once it is ``ready``.
 
-        Files are hashed first; only content the server lacks is sent, large files in parts several
-        at a time; the model becomes visible when every byte is verified. If the upload is cut off
+        Files are hashed (large ones not hashed before while their parts already go out); only
+        content the server lacks is sent, large files in parts several at a time; the model becomes
+        visible when every byte is verified. If the upload is cut off
         (network, server restart, Ctrl-C), calling ``upload`` again with the same arguments resumes
         it; on other failures the half-made model is removed.
         """
