@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -448,6 +449,39 @@ def test_abort_staging(blob_store: BlobStore) -> None:
     blob_store.abort_staging(kept)
     assert leftovers(blob_store) == []
     assert list(blob_store.iter_blobs()) == []
+
+
+def test_orphan_stagings_are_the_unknown_ones_idle_since_the_cutoff(blob_store: BlobStore) -> None:
+    known = blob_store.begin_staging(PART + 10)
+    orphan = blob_store.begin_staging(PART + 10)
+    send_part(blob_store, orphan, 1, 0, blob(PART))
+    later = datetime.now(UTC) + timedelta(minutes=5)  # everything is idle "since" a cutoff ahead
+    assert blob_store.orphan_stagings({known}, later) == [orphan]
+    assert blob_store.orphan_stagings({known, orphan}, later) == []
+    assert blob_store.orphan_stagings({known}, datetime.now(UTC) - timedelta(minutes=5)) == []  # too young
+    for staging_id in (known, orphan):
+        blob_store.abort_staging(staging_id)
+    assert leftovers(blob_store) == []
+
+
+def test_s3_a_completed_but_unpublished_staging_is_named_by_its_full_id(s3_store: S3BlobStore) -> None:
+    """A crash between completing the multipart upload and publishing leaves an object under the
+    bare random part of the id; the full id the metadata holds still names it."""
+    staging_id = s3_store.begin_staging(PART + 10)
+    for number, offset, chunk in _parts(blob(PART + 10)):
+        send_part(s3_store, staging_id, number, offset, chunk)
+    key, upload_id = s3_store._staging(staging_id)
+    assert upload_id is not None
+    parts = s3_store._parts(key, upload_id) or []
+    s3_store.complete_upload(
+        key, upload_id, [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
+    )
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert s3_store.orphan_stagings({staging_id}, later) == []
+    (bare,) = s3_store.orphan_stagings(set(), later)
+    assert staging_id.startswith(bare)
+    s3_store.abort_staging(bare)
+    assert leftovers(s3_store) == []
 
 
 def test_s3_parts_below_the_minimum_are_refused_clearly(s3_store: S3BlobStore) -> None:

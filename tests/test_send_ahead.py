@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,3 +299,30 @@ def test_areas_nobody_named_expire(small_parts: RunningServer) -> None:
         report = http.post("/admin/gc", json={}).json()
         assert report["blobs_deleted"] == 0
         assert _open_stagings(small_parts) == 1 and _blob_stagings(small_parts) == [kept["id"]]
+
+
+def test_gc_removes_staging_areas_nothing_names_once_idle_for_an_hour(small_parts: RunningServer) -> None:
+    blobs = small_parts.app.state.services.models.blobs  # type: ignore[attr-defined]
+    data = os.urandom(2 * MiB)
+    with small_parts.http() as http:
+        project = http.post("/projects", json={"name": "p"}).json()["id"]
+        named = http.post(f"/projects/{project}/stagings", json={"size": 3 * MiB}).json()["id"]
+        plan = http.post(f"/projects/{project}/models", json=_manifest(data)).json()
+        pending = http.post(plan["missing"][0]["parts_url"]).json()  # opens the blob's own area
+        assert pending["parts"]
+        crashed = blobs.begin_staging(MiB)  # as if the server died before recording it
+        fresh = blobs.begin_staging(MiB)
+        old = time.time() - 2 * 3600
+        for staging_id in blobs.staging_ids():
+            if staging_id != fresh:
+                area = blobs.root / "staging" / staging_id
+                for path in (area, area / "parts", area / "data"):
+                    os.utime(path, (old, old))
+        dry = http.post("/admin/gc", json={"dry_run": True}).json()
+        assert dry["orphan_stagings_removed"] == 1 and crashed in blobs.staging_ids()
+        report = http.post("/admin/gc", json={}).json()
+        assert report["orphan_stagings_removed"] == 1
+        left = set(blobs.staging_ids())
+        assert crashed not in left and {named, fresh, _pending_staging(small_parts)} <= left
+        assert _open_stagings(small_parts) == 1
+        blobs.abort_staging(fresh)

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -479,6 +480,22 @@ class LocalBlobStore:
             self._ahead.pop(staging_id, None)
             self._write_locks.pop(staging_id, None)
         shutil.rmtree(self._staging(staging_id), ignore_errors=True)
+
+    def orphan_stagings(self, known: set[str], cutoff: datetime) -> list[str]:
+        """Staging areas not in ``known`` whose last write is older than ``cutoff`` (left by a crash
+        between opening an area and recording it)."""
+        found = []
+        for staging_id in self.staging_ids():
+            if staging_id in known:
+                continue
+            area = self._staging(staging_id)
+            try:
+                last = max(p.stat().st_mtime for p in (area, area / "parts", area / "data") if p.exists())
+            except (FileNotFoundError, ValueError):
+                continue  # removed meanwhile
+            if last < cutoff.timestamp():
+                found.append(staging_id)
+        return found
 
     def staging_ids(self) -> list[str]:
         try:

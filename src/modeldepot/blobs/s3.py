@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -650,6 +651,29 @@ class S3BlobStore:
         if upload_id is not None:
             self.abort_upload(key, upload_id)
         self.delete_key(key)
+
+    def orphan_stagings(self, known: set[str], cutoff: datetime) -> list[str]:
+        """Open multipart uploads and completed staging objects that no id in ``known`` names, begun
+        before ``cutoff`` (left by a crash between opening a staging area and recording it)."""
+        prefix = self.key("staging") + "/"
+        named = {staging_id[:_RANDOM_LEN] for staging_id in known}
+        found = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            for upload in page.get("Uploads", []):
+                random = str(upload["Key"])[len(prefix) :]
+                if random not in named and upload["Initiated"] < cutoff:
+                    found.append(
+                        random
+                        + base64.b32encode(str(upload["UploadId"]).encode()).decode().rstrip("=").lower()
+                    )
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                random = str(item["Key"])[len(prefix) :]
+                if random not in named and item["LastModified"] < cutoff:
+                    found.append(random)
+        return sorted(i for i in found if len(i) >= _RANDOM_LEN and i.isalnum())
 
     def staging_ids(self) -> list[str]:
         """Open stagings, and (by their bare 24-hex id) completed ones that were never published."""

@@ -32,7 +32,8 @@ def gc(dry_run: bool, grace_seconds: int | None, as_json: bool) -> None:
     verb = "Would reclaim" if dry_run else "Reclaimed"
     click.echo(
         f"{verb} {human_size(report['bytes_reclaimed'])} in {report['blobs_deleted']} blob(s); "
-        f"{report['uploads_expired']} expired upload(s) {'to remove' if dry_run else 'removed'}"
+        f"{report['uploads_expired']} expired upload(s) and {report.get('orphan_stagings_removed', 0)} "
+        f"orphaned staging area(s) {'to remove' if dry_run else 'removed'}"
     )
 
 

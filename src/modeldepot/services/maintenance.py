@@ -15,6 +15,10 @@ from datetime import UTC, datetime, timedelta
 from .ports import BlobStore, MetadataStore
 from .uploads import UploadService
 
+# A staging area the metadata does not know is an orphan (a crash came between opening it and
+# recording it) once it has been idle this long; younger ones may be about to be recorded.
+ORPHAN_STAGING_AGE = timedelta(hours=1)
+
 
 @dataclasses.dataclass(frozen=True)
 class GcReport:
@@ -22,6 +26,7 @@ class GcReport:
     blobs_deleted: int
     bytes_reclaimed: int
     uploads_expired: int
+    orphan_stagings_removed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +51,15 @@ class Maintenance:
         self.grace = grace
 
     def collect(self, *, dry_run: bool = False, grace: timedelta | None = None) -> GcReport:
-        """Remove expired uploads, then every unreferenced blob untouched for ``grace``."""
+        """Remove expired uploads and orphaned staging areas, then every unreferenced blob untouched
+        for ``grace``."""
         now = datetime.now(UTC)
         cutoff = now - (self.grace if grace is None else grace)
         expired = len(self.store.expired_uploads(now)) if dry_run else self.uploads.abort_expired()
+        orphans = self.blobs.orphan_stagings(self.store.all_staging_ids(), now - ORPHAN_STAGING_AGE)
+        if not dry_run:
+            for staging_id in orphans:
+                self.blobs.abort_staging(staging_id)
         deleted = reclaimed = 0
         seen: set[str] = set()
         while True:
@@ -66,7 +76,11 @@ class Maintenance:
                         self.blobs.delete(sha)
                         deleted, reclaimed = deleted + 1, reclaimed + size
         return GcReport(
-            dry_run=dry_run, blobs_deleted=deleted, bytes_reclaimed=reclaimed, uploads_expired=expired
+            dry_run=dry_run,
+            blobs_deleted=deleted,
+            bytes_reclaimed=reclaimed,
+            uploads_expired=expired,
+            orphan_stagings_removed=len(orphans),
         )
 
     def fsck(self) -> FsckReport:
