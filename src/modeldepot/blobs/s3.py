@@ -98,6 +98,11 @@ def _attachment(filename: str) -> str:
     return value if quoted == filename else f"{value}; filename*=UTF-8''{quoted}"
 
 
+def _staging_id(random: str, upload_id: str) -> str:
+    """A staging id: the random part of its key, then its multipart UploadId in lowercase base32."""
+    return random + base64.b32encode(upload_id.encode()).decode().rstrip("=").lower()
+
+
 def _check_part_number(number: int) -> None:
     if not 1 <= number <= MAX_PARTS:
         raise InvalidInput(
@@ -502,8 +507,7 @@ class S3BlobStore:
         if not 0 <= size <= MAX_OBJECT_SIZE:
             raise InvalidInput(f"A blob of {size} bytes cannot be stored: S3 objects hold up to 5 TiB")
         random = secrets.token_hex(_RANDOM_LEN // 2)
-        upload_id = self.create_upload(self.key("staging", random))
-        return random + base64.b32encode(upload_id.encode()).decode().rstrip("=").lower()
+        return _staging_id(random, self.create_upload(self.key("staging", random)))
 
     def presign_part(
         self, staging_id: str, number: int, expires_in: int, *, offset: int = 0, size: int = 0
@@ -652,39 +656,32 @@ class S3BlobStore:
             self.abort_upload(key, upload_id)
         self.delete_key(key)
 
-    def orphan_stagings(self, known: set[str], cutoff: datetime) -> list[str]:
-        """Open multipart uploads and completed staging objects that no id in ``known`` names, begun
-        before ``cutoff`` (left by a crash between opening a staging area and recording it)."""
+    def _stagings(self) -> Iterator[tuple[str, datetime]]:
+        """(staging id, when it began) of open multipart uploads under ``staging/``, and (by their bare
+        random id) of completed staging objects that were never published."""
         prefix = self.key("staging") + "/"
-        named = {staging_id[:_RANDOM_LEN] for staging_id in known}
-        found = []
         for page in self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=prefix
         ):
             for upload in page.get("Uploads", []):
-                random = str(upload["Key"])[len(prefix) :]
-                if random not in named and upload["Initiated"] < cutoff:
-                    found.append(
-                        random
-                        + base64.b32encode(str(upload["UploadId"]).encode()).decode().rstrip("=").lower()
-                    )
+                yield (
+                    _staging_id(str(upload["Key"])[len(prefix) :], str(upload["UploadId"])),
+                    upload["Initiated"],
+                )
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                random = str(item["Key"])[len(prefix) :]
-                if random not in named and item["LastModified"] < cutoff:
-                    found.append(random)
-        return sorted(i for i in found if len(i) >= _RANDOM_LEN and i.isalnum())
+                yield str(item["Key"])[len(prefix) :], item["LastModified"]
+
+    def orphan_stagings(self, known: set[str], cutoff: datetime) -> list[str]:
+        """Staging uploads and objects that no id in ``known`` names, begun before ``cutoff`` (left by a
+        crash between opening a staging area and recording it)."""
+        named = {staging_id[:_RANDOM_LEN] for staging_id in known}
+        return sorted(
+            i
+            for i, began in self._stagings()
+            if i[:_RANDOM_LEN] not in named and began < cutoff and len(i) >= _RANDOM_LEN and i.isalnum()
+        )
 
     def staging_ids(self) -> list[str]:
         """Open stagings, and (by their bare 24-hex id) completed ones that were never published."""
-        prefix = self.key("staging") + "/"
-        ids = []
-        uploads = self.client.get_paginator("list_multipart_uploads")
-        for page in uploads.paginate(Bucket=self.bucket, Prefix=prefix):
-            for upload in page.get("Uploads", []):
-                random = str(upload["Key"])[len(prefix) :]
-                encoded = base64.b32encode(str(upload["UploadId"]).encode()).decode().rstrip("=").lower()
-                ids.append(random + encoded)
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            ids.extend(str(item["Key"])[len(prefix) :] for item in page.get("Contents", []))
-        return sorted(i for i in ids if len(i) >= _RANDOM_LEN and i.isalnum())
+        return sorted(i for i, _ in self._stagings() if len(i) >= _RANDOM_LEN and i.isalnum())

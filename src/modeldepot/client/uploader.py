@@ -59,14 +59,15 @@ class Uploader:
 
     def run(self, path: Path, project: str, meta: dict[str, Any]) -> Model:
         entries = transfer.scan(path)
-        sizes = [local.stat().st_size for _, local in entries]
+        stats = [local.stat() for _, local in entries]
+        sizes = [st.st_size for st in stats]
         cache = self.client.hash_cache()
         # Large files not hashed before: their parts go out while they are hashed (the server keeps
         # them in staging areas the manifest then names); the rest is hashed first, then sent.
         early = [
             local
-            for (_, local), size in zip(entries, sizes, strict=True)
-            if size > self.client.send_while_hashing and (cache is None or cache.get(local.stat()) is None)
+            for (_, local), st in zip(entries, stats, strict=True)
+            if st.st_size > self.client.send_while_hashing and (cache is None or cache.get(st) is None)
         ]
         ahead = _SendAhead(self, project, early) if early else None
         try:
@@ -288,29 +289,29 @@ class _SendAhead:
         """Let the parts of still-missing content arrive; stop the others and wait for the pool."""
         needed = {sid for sha, sid in self.staged.items() if sha in missing}
         keep = {local for local, area in self.areas.items() if area["id"] in needed}
+        for local in self.areas:
+            if local not in keep:
+                self.stop[local].set()
         try:
-            for local in self.areas:
-                if local not in keep:
-                    self.stop[local].set()
             for future in itertools.chain.from_iterable(self.futures.values()):
                 future.result()
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            if self.bar_started:
-                self.bar.finish()
-            for local, area in self.areas.items():
-                if local not in keep:
-                    self._drop(area)
+            self._close(keep)
 
     def cancel(self) -> None:
         """Stop sending and drop every staging area (on failure, before the manifest named them)."""
         for stop in self.stop.values():
             stop.set()
+        self._close(set())
+
+    def _close(self, keep: set[Path]) -> None:
+        """Wait for the parts on their way, and drop the areas not kept."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.bar_started:
             self.bar.finish()
-        for area in self.areas.values():
-            self._drop(area)
+        for local, area in self.areas.items():
+            if local not in keep:
+                self._drop(area)
 
     def _drop(self, area: dict[str, Any]) -> None:
         # Gone already when the server dropped or adopted it; else it would only wait for its expiry.

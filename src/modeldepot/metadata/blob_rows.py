@@ -147,16 +147,20 @@ class BlobRows:
     def set_staging(self, model_id: str, sha256: str, staging_id: str, part_size: int) -> bool:
         """Record the staging area of a pending blob, unless one was recorded first (returns False)."""
         with self._tx() as conn:
-            done = conn.execute(
-                update(t.pending_blobs)
-                .where(
-                    t.pending_blobs.c.model_id == model_id,
-                    t.pending_blobs.c.sha256 == sha256,
-                    t.pending_blobs.c.staging_id.is_(None),
-                )
-                .values(staging_id=staging_id, part_size=part_size)
+            return self._give_staging(conn, model_id, sha256, staging_id, part_size)
+
+    @staticmethod
+    def _give_staging(conn: Connection, model_id: str, sha256: str, staging_id: str, part_size: int) -> bool:
+        done = conn.execute(
+            update(t.pending_blobs)
+            .where(
+                t.pending_blobs.c.model_id == model_id,
+                t.pending_blobs.c.sha256 == sha256,
+                t.pending_blobs.c.staging_id.is_(None),
             )
-            return done.rowcount == 1
+            .values(staging_id=staging_id, part_size=part_size)
+        )
+        return done.rowcount == 1
 
     def clear_staging(self, model_id: str, sha256: str) -> None:
         with self._tx() as conn:
@@ -225,16 +229,8 @@ class BlobRows:
                         t.stagings.c.id == staging.id, t.stagings.c.created_by == staging.created_by
                     )
                 )
-                given = conn.execute(
-                    update(t.pending_blobs)
-                    .where(
-                        t.pending_blobs.c.model_id == model_id,
-                        t.pending_blobs.c.sha256 == sha256,
-                        t.pending_blobs.c.staging_id.is_(None),
-                    )
-                    .values(staging_id=staging.id, part_size=staging.part_size)
-                )
-                if taken.rowcount != 1 or given.rowcount != 1:
+                given = self._give_staging(conn, model_id, sha256, staging.id, staging.part_size)
+                if taken.rowcount != 1 or not given:
                     raise _NotAdopted  # rolls both back: the staging stays where it was
         except _NotAdopted:
             return False
@@ -246,11 +242,7 @@ class BlobRows:
             row = conn.execute(
                 select(t.pending_blobs).where(t.pending_blobs.c.staging_id == staging_id)
             ).first()
-        if row is None:
-            return None
-        return row.model_id, PendingBlob(
-            sha256=row.sha256, size=int(row.size), staging_id=row.staging_id, part_size=row.part_size
-        )
+        return None if row is None else (row.model_id, self._pending(row))
 
     def delete_staging(self, staging_id: str) -> bool:
         with self._tx() as conn:
@@ -272,10 +264,6 @@ def _staging(row: Any) -> Staging:
         created_by=row["created_by"],
         size=int(row["size"]),
         part_size=int(row["part_size"]),
-        created_at=_aware(row["created_at"]),
-        expires_at=_aware(row["expires_at"]),
+        created_at=t.utc(row["created_at"]),  # type: ignore[arg-type]
+        expires_at=t.utc(row["expires_at"]),  # type: ignore[arg-type]
     )
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

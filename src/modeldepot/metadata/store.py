@@ -36,12 +36,6 @@ from .workload_rows import WorkloadRows
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def make_engine(url: str) -> Engine:
     """An engine for ``sqlite:///…`` (WAL, foreign keys on) or ``postgresql://…`` (psycopg 3)."""
     parsed = make_url(url)
@@ -148,7 +142,7 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
             Project(
                 id=r["id"],
                 name=r["name"],
-                created_at=_utc(r["created_at"]),  # type: ignore[arg-type]
+                created_at=t.utc(r["created_at"]),  # type: ignore[arg-type]
                 created_by=r["created_by"],
                 model_count=int(r["model_count"]),
                 tags=tuple(tags[r["id"]]),
@@ -371,7 +365,7 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
                 metadata=r["metadata"] or {},
                 dataset_ref=r["dataset_ref"],
                 source=r["source"],
-                created_at=_utc(r["created_at"]),  # type: ignore[arg-type]
+                created_at=t.utc(r["created_at"]),  # type: ignore[arg-type]
                 created_by=r["created_by"],
                 size=r["size"],
                 file_count=r["file_count"],
@@ -532,7 +526,7 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
             model_name=r.model_name,
             alias=r.alias,
             model_id=r.model_id,
-            updated_at=_utc(r.updated_at),  # type: ignore[arg-type]
+            updated_at=t.utc(r.updated_at),  # type: ignore[arg-type]
             updated_by=r.updated_by,
         )
 
@@ -611,7 +605,7 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
                     user=r.user,
                     is_admin=r.is_admin,
                     roles=roles[r.id],
-                    created_at=_utc(r.created_at),  # type: ignore[arg-type]
+                    created_at=t.utc(r.created_at),  # type: ignore[arg-type]
                     revoked=r.revoked_at is not None,
                 ),
                 r.secret_hash,

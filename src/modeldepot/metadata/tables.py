@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -30,6 +32,14 @@ metadata = MetaData(
 # BigInteger primary keys autoincrement on PostgreSQL; SQLite wants INTEGER for its rowid alias.
 Seq = BigInteger().with_variant(Integer(), "sqlite")
 TS = DateTime(timezone=True)
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """A TS column's value as an aware UTC datetime (SQLite hands them back naive)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 projects = Table(
     "projects",

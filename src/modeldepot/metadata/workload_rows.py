@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, insert, select, update
@@ -51,15 +50,9 @@ class _Rolledback(Exception):
     """Raised inside a transaction to undo it when a guarded update found nothing to change."""
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _workload(r: RowMapping) -> Workload:
-    started = _utc(r["started_at"])
-    ended = _utc(r["ended_at"])
+    started = t.utc(r["started_at"])
+    ended = t.utc(r["ended_at"])
     assert started is not None
     return Workload(
         id=r["id"],

@@ -283,14 +283,9 @@ class UploadService:
             if taken is None or taken[1].part_size is None or not self._taken_by(principal, taken[0]):
                 raise _no_staging(staging_id)
             total, part_size = taken[1].size, taken[1].part_size
-        layout = _layout(total, part_size)
-        if not 1 <= number <= len(layout):
-            raise InvalidInput(
-                f"Part {number} does not exist: staging area {staging_id} has parts 1 to {len(layout)}"
-            )
-        _, offset, size = layout[number - 1]
-        digest = validation.sha256(part_sha256) if part_sha256 is not None else None
-        self.blobs.write_part(staging_id, number, offset, size, chunks, digest)
+        self._write_part(
+            staging_id, total, part_size, number, chunks, part_sha256, f"staging area {staging_id}"
+        )
 
     def _taken_by(self, principal: Principal, model_id: str) -> bool:
         """Whether the model is an upload of this key (so the area it took over is still its own)."""
@@ -448,14 +443,32 @@ class UploadService:
         pending = self._pending(principal, model_id, sha256)
         if pending.staging_id is None or pending.part_size is None:
             raise Conflict("Ask for the part plan first (POST …/parts), then send the parts")
-        layout = _layout(pending.size, pending.part_size)
+        self._write_part(
+            pending.staging_id,
+            pending.size,
+            pending.part_size,
+            number,
+            chunks,
+            part_sha256,
+            f"blob {pending.sha256}",
+        )
+
+    def _write_part(
+        self,
+        staging_id: str,
+        total: int,
+        part_size: int,
+        number: int,
+        chunks: Iterable[bytes],
+        part_sha256: str | None,
+        what: str,
+    ) -> None:
+        layout = _layout(total, part_size)
         if not 1 <= number <= len(layout):
-            raise InvalidInput(
-                f"Part {number} does not exist: blob {pending.sha256} has parts 1 to {len(layout)}"
-            )
+            raise InvalidInput(f"Part {number} does not exist: {what} has parts 1 to {len(layout)}")
         _, offset, size = layout[number - 1]
         digest = validation.sha256(part_sha256) if part_sha256 is not None else None
-        self.blobs.write_part(pending.staging_id, number, offset, size, chunks, digest)
+        self.blobs.write_part(staging_id, number, offset, size, chunks, digest)
 
     def complete_blob(self, principal: Principal, model_id: str, sha256: str) -> None:
         """All parts are in: verify the whole blob, move it into place, and tick it off."""
