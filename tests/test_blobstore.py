@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from modeldepot.blobs import LocalBlobStore, open_blob_store
-from modeldepot.errors import IntegrityError, InvalidInput
+from modeldepot.errors import IntegrityError, InvalidInput, ServerError
 from modeldepot.server.dataplane import DataPlane
 from modeldepot.server.listen import bind
 from modeldepot.services.ports import BlobStore
@@ -60,7 +60,8 @@ class RecordingGuard:
 
 @pytest.fixture(params=["local", "local+dataplane", "s3"])
 def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
-    """An empty store, with a recording guard; each S3 test gets a prefix of its own."""
+    """An empty store, with a recording guard; each S3 test gets a prefix of its own, and publishes
+    every staged blob by a pointer (as it does from 64 MiB up)."""
     if request.param.startswith("local"):
         store = LocalBlobStore(tmp_path / "blobs")
         store.guard = RecordingGuard()
@@ -76,7 +77,7 @@ def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobS
         finally:
             plane.stop()
     else:
-        yield from _s3_store(request.getfixturevalue("seaweedfs"))
+        yield from _s3_store(request.getfixturevalue("seaweedfs"), pointer_min_size=0)
 
 
 @pytest.fixture
@@ -85,12 +86,14 @@ def s3_store(request: pytest.FixtureRequest) -> Iterator[S3BlobStore]:
     yield from _s3_store(request.getfixturevalue("seaweedfs"))
 
 
-def _s3_store(session_url: str) -> Iterator[S3BlobStore]:
+def _s3_store(session_url: str, pointer_min_size: int | None = None) -> Iterator[S3BlobStore]:
     parts = urlsplit(session_url)
     url = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{secrets.token_hex(6)}"))
     store = open_blob_store(url)
     assert not isinstance(store, LocalBlobStore)
     store.guard = RecordingGuard()
+    if pointer_min_size is not None:
+        store.pointer_min_size = pointer_min_size
     try:
         yield store
     finally:
@@ -113,11 +116,12 @@ def leftovers(store: BlobStore) -> list[str]:
         return sorted(str(p) for p in temporary) + store.staging_ids()
     s3 = store.client
     bucket, prefix = store.bucket, store.key("")
+    published = store._pointed_keys()  # the bytes of blobs published by a pointer
     found = [
         item["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for item in page.get("Contents", [])
-        if not item["Key"].startswith(prefix + "sha256/")
+        if not item["Key"].startswith(prefix + "sha256/") and item["Key"] not in published
     ]
     uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
     return found + [u["Key"] for u in uploads]
@@ -358,23 +362,110 @@ def test_staging_out_of_order(blob_store: BlobStore, via: str) -> None:
     assert leftovers(blob_store) == []
 
 
-def test_the_publish_guard_is_not_held_across_a_copy(blob_store: BlobStore) -> None:
-    """With S3 the copy into place can take minutes: the guard (SQLite's write lock, in the server)
-    is taken only to check the result. The local store renames under the guard, which is instant."""
-    data = blob(PART + 10)
-    staging_id = blob_store.begin_staging(len(data))
+def _sizes_seen_by_the_guard(store: BlobStore, data: bytes) -> list[int | None]:
+    """Stage and finish ``data``; what ``size`` said of it each time the publish guard was taken."""
+    staging_id = store.begin_staging(len(data))
     for number, offset, chunk in _parts(data):
-        send_part(blob_store, staging_id, number, offset, chunk)
+        send_part(store, staging_id, number, offset, chunk)
     seen: list[int | None] = []
 
     def guard(sha256: str, size: int) -> contextlib.AbstractContextManager[None]:
-        seen.append(blob_store.size(sha256))
+        seen.append(store.size(sha256))
         return contextlib.nullcontext()
 
-    blob_store.guard = guard
-    blob_store.finish_staging(staging_id, sha(data), len(data))
-    assert seen == [len(data) if is_s3(blob_store) else None]
-    assert read_all(blob_store, sha(data)) == data and leftovers(blob_store) == []
+    store.guard = guard
+    store.finish_staging(staging_id, sha(data), len(data))
+    assert read_all(store, sha(data)) == data and leftovers(store) == []
+    return seen
+
+
+def test_the_publish_guard_is_held_only_for_an_instant(blob_store: BlobStore) -> None:
+    """The guard (SQLite's write lock, in the server) is held while a blob is put in place: a rename
+    (local) or one small PUT of a pointer (S3); never across the bytes."""
+    assert _sizes_seen_by_the_guard(blob_store, blob(PART + 10)) == [None]
+
+
+def test_s3_a_blob_below_the_pointer_size_is_copied_outside_the_guard(s3_store: S3BlobStore) -> None:
+    """Below ``pointer_min_size`` a staged blob is copied to its own key; the copy runs before the
+    guard, which then only checks the result."""
+    data = blob(PART + 10)
+    assert len(data) < s3_store.pointer_min_size
+    assert _sizes_seen_by_the_guard(s3_store, data) == [len(data)]
+    assert s3_store._resolve(sha(data)) == (s3_store._blob_key(sha(data)), len(data))  # no pointer
+
+
+def _published_by_pointer(store: S3BlobStore, data: bytes) -> tuple[str, str]:
+    """Stage ``data`` and finish it with every blob a pointer; (staging id, key of its bytes)."""
+    store.pointer_min_size = 0
+    staging_id = store.begin_staging(len(data))
+    for number, offset, chunk in _parts(data):
+        send_part(store, staging_id, number, offset, chunk)
+    store.finish_staging(staging_id, sha(data), len(data))
+    found = store._resolve(sha(data))
+    assert found is not None and found[1] == len(data)
+    assert found[0] == store._staging(staging_id)[0]  # the bytes stayed where they were uploaded
+    return staging_id, found[0]
+
+
+def test_s3_a_pointer_is_read_listed_signed_and_deleted_as_its_blob(s3_store: S3BlobStore) -> None:
+    data = blob(2 * PART + 7)
+    _, key = _published_by_pointer(s3_store, data)
+    digest = sha(data)
+    head = s3_store.client.head_object(Bucket=s3_store.bucket, Key=s3_store._blob_key(digest))
+    assert head["ContentLength"] == 0 and head["Metadata"] == {"md-blob": key, "md-size": str(len(data))}
+    assert s3_store.size(digest) == len(data)
+    assert list(s3_store.iter_blobs()) == [(digest, len(data))]
+    for start, end in [(0, None), (0, 1), (PART - 1, PART + 1), (len(data) - 1, None), (5, 5)]:
+        assert read_all(s3_store, digest, start=start, end=end) == data[start:end]
+    assert read_all(s3_store, digest, start=len(data) + 10) == b""  # past the end: no bytes, as a file
+    for size in (None, len(data)):
+        url = s3_store.presign_get(digest, 60, "model.bin", size)
+        assert url is not None
+        got = httpx.get(url, headers={"Range": f"bytes={PART - 3}-{PART + 2}"})
+        assert got.status_code == 206 and got.content == data[PART - 3 : PART + 3]
+    s3_store.delete(digest)
+    assert s3_store.size(digest) is None and list(s3_store.iter_blobs()) == []
+    assert leftovers(s3_store) == []  # the bytes went with the pointer
+    with pytest.raises(FileNotFoundError):
+        read_all(s3_store, digest)
+
+
+def test_s3_a_pointers_bytes_are_not_an_orphan_and_outlive_their_staging_id(s3_store: S3BlobStore) -> None:
+    """gc removes completed staging objects that nothing names, but a published blob's bytes are
+    named by its pointer; aborting the staging under its full id (a model deleted meanwhile, say)
+    leaves them too, and finishing again is harmless."""
+    data = blob(PART + 10)
+    staging_id, key = _published_by_pointer(s3_store, data)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert s3_store.orphan_stagings(set(), later) == [] and s3_store.staging_ids() == []
+    s3_store.abort_staging(staging_id)
+    s3_store.finish_staging(staging_id, sha(data), len(data))
+    assert s3_store._resolve(sha(data)) == (key, len(data))
+    assert read_all(s3_store, sha(data)) == data and leftovers(s3_store) == []
+
+
+def test_s3_the_same_content_published_twice_keeps_the_first_bytes(s3_store: S3BlobStore) -> None:
+    data = blob(PART + 10)
+    _, first = _published_by_pointer(s3_store, data)
+    second = s3_store.begin_staging(len(data))
+    for number, offset, chunk in _parts(data):
+        send_part(s3_store, second, number, offset, chunk)
+    s3_store.finish_staging(second, sha(data), len(data))
+    assert s3_store._resolve(sha(data)) == (first, len(data))
+    assert read_all(s3_store, sha(data)) == data
+    assert leftovers(s3_store) == []  # the second upload's object was deleted
+
+
+def test_s3_a_pointer_outside_the_store_is_refused(s3_store: S3BlobStore) -> None:
+    digest = sha(b"elsewhere")
+    s3_store.client.put_object(
+        Bucket=s3_store.bucket,
+        Key=s3_store._blob_key(digest),
+        Body=b"",
+        Metadata={"md-blob": "another/bucket/key", "md-size": "9"},
+    )
+    with pytest.raises(ServerError, match="outside this store"):
+        s3_store.size(digest)
 
 
 def test_resent_part_replaces_the_first(blob_store: BlobStore) -> None:
@@ -464,18 +555,23 @@ def test_orphan_stagings_are_the_unknown_ones_idle_since_the_cutoff(blob_store: 
     assert leftovers(blob_store) == []
 
 
+def _staged_and_completed(store: S3BlobStore, data: bytes) -> str:
+    """A staging area of ``data`` whose multipart upload was completed, as by a replica that then
+    stopped before it published; its id."""
+    staging_id = store.begin_staging(len(data))
+    for number, offset, chunk in _parts(data):
+        send_part(store, staging_id, number, offset, chunk)
+    key, upload_id = store._staging(staging_id)
+    assert upload_id is not None
+    parts = store._parts(key, upload_id) or []
+    store.complete_upload(key, upload_id, [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts])
+    return staging_id
+
+
 def test_s3_a_completed_but_unpublished_staging_is_named_by_its_full_id(s3_store: S3BlobStore) -> None:
     """A crash between completing the multipart upload and publishing leaves an object under the
     bare random part of the id; the full id the metadata holds still names it."""
-    staging_id = s3_store.begin_staging(PART + 10)
-    for number, offset, chunk in _parts(blob(PART + 10)):
-        send_part(s3_store, staging_id, number, offset, chunk)
-    key, upload_id = s3_store._staging(staging_id)
-    assert upload_id is not None
-    parts = s3_store._parts(key, upload_id) or []
-    s3_store.complete_upload(
-        key, upload_id, [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
-    )
+    staging_id = _staged_and_completed(s3_store, blob(PART + 10))
     later = datetime.now(UTC) + timedelta(minutes=5)
     assert s3_store.orphan_stagings({staging_id}, later) == []
     (bare,) = s3_store.orphan_stagings(set(), later)
@@ -581,3 +677,23 @@ def test_an_unknown_layout_is_refused_with_a_clear_error(tmp_path: Path) -> None
     (tmp_path / "blobs" / "LAYOUT").write_text("sha512/a/b/c\n")
     with pytest.raises(ValueError, match="LAYOUT says the blob layout is 'sha512/a/b/c'"):
         LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.mark.parametrize("announced", ["right", "shorter", "longer"])
+def test_s3_finishing_reads_the_object_back_in_ranges(
+    s3_store: S3BlobStore, monkeypatch: pytest.MonkeyPatch, announced: str
+) -> None:
+    """A completed object is read back a few ranges at a time; a byte more or less than announced
+    (an object completed by an earlier attempt, here) fails the check like a wrong byte."""
+    monkeypatch.setattr("modeldepot.blobs.s3.READ_RANGE", MiB + 1)
+    data = blob(2 * PART + 7)
+    staging_id = _staged_and_completed(s3_store, data)
+    size = {"right": len(data), "shorter": len(data) - 1, "longer": len(data) + 1}[announced]
+    if announced == "right":
+        s3_store.finish_staging(staging_id, sha(data), size)
+        assert read_all(s3_store, sha(data)) == data
+    else:
+        with pytest.raises(IntegrityError, match="were discarded"):
+            s3_store.finish_staging(staging_id, sha(data), size)
+        assert s3_store.size(sha(data)) is None
+    assert leftovers(s3_store) == []

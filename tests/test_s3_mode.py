@@ -18,8 +18,10 @@ from .seaweed import seaweedfs  # noqa: F401  (the session's SeaweedFS)
 MiB = 1024 * 1024
 
 
-@pytest.fixture
+@pytest.fixture(params=["copy", "pointer"])
 def s3_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server on its own prefix of the session's SeaweedFS. Staged blobs are published by a copy
+    (below 64 MiB, as in these tests) or, with ``pointer``, by a pointer (as from 64 MiB up)."""
     parts = urlsplit(request.getfixturevalue("seaweedfs"))
     blob_url = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{secrets.token_hex(6)}"))
     settings = make_settings(
@@ -30,6 +32,8 @@ def s3_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runnin
         gc_grace_seconds=0,
     )
     with running_server(settings) as running:
+        if request.param == "pointer":
+            running.app.state.services.models.blobs.pointer_min_size = 0  # type: ignore[attr-defined]
         yield running
 
 
@@ -67,6 +71,9 @@ def test_upload_download_gc_and_fsck_on_s3(s3_server: RunningServer, tmp_path: P
         report = admin.gc()
         assert report["blobs_deleted"] == 3 and report["bytes_reclaimed"] == len(big) + 8
         assert admin.fsck() == admin.fsck() and admin.fsck()["blobs_checked"] == 0
+        store = s3_server.app.state.services.models.blobs  # type: ignore[attr-defined]
+        left = store.client.list_objects_v2(Bucket=store.bucket, Prefix=store.key(""))
+        assert left.get("Contents", []) == []  # a pointer's bytes went with it
 
 
 def test_parts_sent_while_hashing_go_straight_to_s3(s3_server: RunningServer, tmp_path: Path) -> None:

@@ -286,7 +286,7 @@ class LocalBlobStore:
             if len(path.name) == 64:
                 yield path.name, path.stat().st_size
 
-    def presign_get(self, sha256: str, expires_in: int, filename: str) -> str | None:
+    def presign_get(self, sha256: str, expires_in: int, filename: str, size: int | None = None) -> str | None:
         if self.presigner is None:
             return None  # the API serves local blobs itself
         return self.presigner.get_url(sha256, filename, expires_in)

@@ -96,7 +96,9 @@ def list_files(model_id: str, request: Request, principal: PrincipalDep, service
     for f in files:
         name = f.path.rsplit("/", 1)[-1]
         presigned = (
-            blobs.presign_get(f.sha256, PRESIGN_SECONDS, name) if f.size >= blobs.presign_min_size else None
+            blobs.presign_get(f.sha256, PRESIGN_SECONDS, name, f.size)
+            if f.size >= blobs.presign_min_size
+            else None
         )
         items.append(to_json(f) | {"url": presigned or f"{base}/{quote(f.path, safe='/')}"})
     return {"items": items}
@@ -118,7 +120,7 @@ def download_file(
     filename = found.path.rsplit("/", 1)[-1]
     blobs = services.models.blobs
     presigned = (
-        blobs.presign_get(found.sha256, PRESIGN_SECONDS, filename)
+        blobs.presign_get(found.sha256, PRESIGN_SECONDS, filename, found.size)
         if found.size >= blobs.presign_min_size
         else None
     )
