@@ -9,17 +9,22 @@ Large uploads arrive in parts, possibly in parallel and over several attempts: e
 one preallocated file (``staging/<id>/data``) that parts are written into at their offsets, with a
 marker file per received part (``staging/<id>/parts/<n>``, holding its size), so a restarted server
 still knows what it has. Finishing hashes the whole file and renames it into place.
+
+Batches of small blobs (``commit_batch``) of at least ``SYNCFS_MIN_BLOBS`` are put on disk with one
+``syncfs(2)`` of the file system instead of one fsync per file, on Linux; see commit_batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import itertools
 import os
 import secrets
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +37,9 @@ from ..errors import IntegrityError, InvalidInput, StorageFull
 from ..services.ports import BlobWriter
 
 SYNC_THREADS = 8
+# Batches of at least this many blobs are written back with syncfs(2) rather than one fsync per file
+# (see LocalBlobStore.commit_batch); smaller ones keep the per-file fsyncs.
+SYNCFS_MIN_BLOBS = 16
 LAYOUT_FILE = "LAYOUT"
 FLAT = "sha256/ab/<sha256>"
 NESTED = "sha256/ab/cd/<sha256>"
@@ -88,9 +96,14 @@ class LocalBlobWriter:
                 hint="The file changed or was corrupted in transit: upload it again.",
             )
 
-    def sync(self) -> None:
+    def sync(self, *, data_only: bool = False) -> None:
+        """Put the bytes on disk and close the file; ``data_only``: fdatasync (which also reports a
+        writeback error of the file, such as one met by a syncfs before it)."""
         try:
-            os.fsync(self._file.fileno())
+            if data_only:
+                os.fdatasync(self._file.fileno())
+            else:
+                os.fsync(self._file.fileno())
         finally:
             self._file.close()
 
@@ -217,10 +230,12 @@ class LocalBlobStore:
         """Commit many written blobs at once; the sha256 of those kept (the others failed their check
         and were discarded).
 
-        Cheaper per blob than one commit each: the files are fsynced one after the other once all are
-        written (the first fsync commits the file system's journal for all of them), moved into place
-        under one guard (one metadata transaction), then their directories are fsynced, after the
-        guard.
+        Cheaper per blob than one commit each: the files are put on disk once all are written, moved
+        into place under one guard (one metadata transaction), then the renames are put on disk, after
+        the guard. A batch of ``SYNCFS_MIN_BLOBS`` or more does both with a ``syncfs(2)`` of the file
+        system (each file is then fdatasynced, which is cheap once it is clean and reports its own
+        writeback errors); a smaller one, or where syncfs is missing, fsyncs each file (several
+        threads at once share journal commits) and then each folder a blob moved into.
         """
         good: list[tuple[LocalBlobWriter, str, int]] = []
         for writer, sha256, size in batch:
@@ -230,10 +245,31 @@ class LocalBlobStore:
             except IntegrityError:
                 continue
             good.append((writer, sha256, size))
+        writers = [writer for writer, _, _ in good]
+        # syncfs(2) instead of one fsync per file, for a batch large enough: measured here (ext4,
+        # 2 cores) for 2,000 small files, fsyncs from 8 threads took 0.45-0.58 s and 0.5-0.6 s of CPU,
+        # one syncfs 0.15-0.25 s and about half the CPU, and an fdatasync of each (now clean) file
+        # after it only ~0.13 s more. The trade-off: syncfs writes back every dirty page of the file
+        # system, so on a disk shared with other heavy writers it also waits for their data; that is
+        # why small batches keep the per-file fsyncs.
+        fs_fd: int | None = None
         try:
             # fsync waits for the disk and releases the GIL: several at once share journal commits.
+            # (The pool starts its threads on first use: none on the syncfs path.)
             with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
-                list(pool.map(LocalBlobWriter.sync, [writer for writer, _, _ in good]))
+                if len(writers) >= SYNCFS_MIN_BLOBS and _libc_syncfs() is not None:
+                    # Opened before the renames, so the syncfs after them reports errors since then.
+                    fs_fd = os.open(self.tmp_dir, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    if _syncfs_if_available(fs_fd):
+                        # syncfs reports writeback errors only since fs_fd was opened (and none before
+                        # Linux 5.8); each file's fdatasync reports its own since it was opened.
+                        for writer in writers:
+                            writer.sync(data_only=True)
+                    else:
+                        unused, fs_fd = fs_fd, None
+                        os.close(unused)
+                if fs_fd is None:
+                    list(pool.map(LocalBlobWriter.sync, writers))
                 moved: set[Path] = set()
                 with self.guard_many([(sha256, size) for _, sha256, size in good]):
                     for writer, sha256, _ in good:
@@ -248,11 +284,15 @@ class LocalBlobStore:
                 # batches need it. A crash before these fsyncs can lose a rename whose row committed;
                 # the blob is not yet ticked off for its upload (that comes after), so the upload sends
                 # it again, and any other model naming it found it stored before (the same bytes).
-                list(pool.map(_fsync_dir, moved))
+                if fs_fd is None or not _syncfs_if_available(fs_fd):
+                    list(pool.map(_fsync_dir, moved))
         except BaseException:
-            for writer, _, _ in good:
+            for writer in writers:
                 writer.abort()
             raise
+        finally:
+            if fs_fd is not None:
+                os.close(fs_fd)
         return [sha256 for _, sha256, _ in good]
 
     def local_path(self, sha256: str) -> Path | None:
@@ -510,3 +550,49 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# libc's syncfs, looked up on first use; None where there is none (not Linux, an old libc) or the
+# kernel said ENOSYS.
+_syncfs_func: Callable[[int], int] | None = None
+_syncfs_looked_up = False
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    global _syncfs_func, _syncfs_looked_up
+    if not _syncfs_looked_up:
+        func = None
+        if sys.platform.startswith("linux"):
+            try:
+                func = ctypes.CDLL(None, use_errno=True).syncfs
+                func.argtypes = [ctypes.c_int]
+                func.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                func = None
+        _syncfs_func = func  # two threads that both look it up find the same function
+        _syncfs_looked_up = True
+    return _syncfs_func
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write back the whole file system that holds ``fd``; OSError on failure (ENOSYS
+    where there is no syncfs)."""
+    func = _libc_syncfs()
+    if func is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available here")
+    if func(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _syncfs_if_available(fd: int) -> bool:
+    """syncfs(fd); False (and no syncfs from then on) where there is none. Other errors raise."""
+    global _syncfs_func
+    try:
+        syncfs(fd)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+        _syncfs_func = None
+        return False
+    return True
