@@ -119,6 +119,19 @@ def test_tags_files_and_delete(store: SqlMetadataStore) -> None:
     assert store.model_files(m.id) == []
 
 
+def test_files_at_some_paths_and_the_manifest_sizes(store: SqlMetadataStore) -> None:
+    pid = _project(store)
+    m = _model(store, pid, "a", files=1203)  # more paths than one IN list of 500 holds
+    other = _model(store, pid, "b", files=2)
+    wanted = [f"f{i}.bin" for i in range(0, 1203, 2)] + ["f7.bin", "nothing.bin"]
+    got = store.model_files_at(m.id, wanted)
+    assert sorted(got) == sorted(set(wanted) - {"nothing.bin"})
+    assert got["f1202.bin"] == ModelFile(path="f1202.bin", size=1202, sha256=f"{1202:064x}")
+    assert store.model_files_at(m.id, []) == {} and store.model_files_at("nope", ["f1.bin"]) == {}
+    assert store.manifest_sizes(m.id) == {f"{i:064x}": i for i in range(1203)}
+    assert store.manifest_sizes(other.id) == {f"{i:064x}": i for i in range(2)}
+
+
 def test_delete_project_removes_everything_in_it(store: SqlMetadataStore) -> None:
     pid = _project(store)
     keep = _project(store)

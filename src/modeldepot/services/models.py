@@ -176,6 +176,12 @@ class ModelService:
         model = self._visible(principal, model_id)
         return self.store.model_files(model.id)
 
+    def files_at(self, principal: Principal, model_id: str, paths: Sequence[str]) -> dict[str, ModelFile]:
+        """The files of the model at ``paths`` (those it has), by path: a batch of a download without
+        reading the whole manifest each time."""
+        model = self._visible(principal, model_id)
+        return self.store.model_files_at(model.id, paths)
+
     def file(self, principal: Principal, model_id: str, path: str) -> ModelFile:
         model = self._visible(principal, model_id)
         if model.state != "ready":

@@ -23,6 +23,8 @@ import dataclasses
 import json
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -84,6 +86,7 @@ class StagedPlan:
 
 # How many staging areas one key may hold open (not yet named by an upload) at once.
 MAX_OPEN_STAGINGS = 64
+MANIFEST_CACHE_ENTRIES = 400_000  # files of the manifests kept by receive_batch (about 60 MB at most)
 
 
 class UploadService:
@@ -92,6 +95,12 @@ class UploadService:
         self.blobs = blobs
         self.models = models
         self.limits = limits
+        # {sha256: size} of the manifests of recent uploads, for the batches of small blobs that check
+        # each frame against them: loading a manifest of 10,000 files for each of its 40 batches cost
+        # more than storing the files. A manifest never changes once written, so a copy stays true
+        # (a model given files later is looked up again when a frame is not in the copy).
+        self._manifests: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._manifests_lock = threading.Lock()
 
     # -- 1. start or resume ------------------------------------------------------------------------
 
@@ -373,14 +382,14 @@ class UploadService:
         Blobs that arrived whole and intact are kept and ticked off even if another frame is bad.
         """
         model = self._uploading(principal, model_id)
-        pending = {p.sha256: p.size for p in self.store.pending(model.id)}
+        manifest = self._manifest(model.id)
         reader = _FrameReader(body)
         batch: list[tuple[BlobWriter, str, int]] = []
         current: BlobWriter | None = None
         try:
             while (header := reader.header()) is not None:
                 digest, size = header
-                if pending.get(digest) != size:
+                if manifest.get(digest) != size and self._manifest(model.id, fresh=True).get(digest) != size:
                     raise InvalidInput(
                         f"Blob {digest} ({size} bytes) is not a pending blob of model {model_id}",
                         hint="Send only the blobs the upload plan lists as missing.",
@@ -406,6 +415,22 @@ class UploadService:
                 hint="The files changed or were corrupted in transit: upload again.",
             )
         return len(kept)
+
+    def _manifest(self, model_id: str, *, fresh: bool = False) -> dict[str, int]:
+        """{sha256: size} of the model's files, from the copy kept of recent uploads unless ``fresh``."""
+        with self._manifests_lock:
+            kept = None if fresh else self._manifests.get(model_id)
+            if kept is not None:
+                self._manifests.move_to_end(model_id)
+                return kept
+        sizes = self.store.manifest_sizes(model_id)
+        with self._manifests_lock:
+            self._manifests[model_id] = sizes
+            self._manifests.move_to_end(model_id)
+            total = sum(len(m) for m in self._manifests.values())
+            while total > MANIFEST_CACHE_ENTRIES and len(self._manifests) > 1:
+                total -= len(self._manifests.popitem(last=False)[1])
+        return sizes
 
     def parts(self, principal: Principal, model_id: str, sha256: str, *, url_ttl: int = 3600) -> PartPlan:
         """The parts of a large blob and which of them arrived; opens the staging area on first use."""

@@ -172,12 +172,12 @@ def _archive(
 ) -> StreamingResponse:
     if format not in ("zip", "tar"):
         raise InvalidInput(f"Archive format {format!r} is not known", hint="Use format=zip or format=tar.")
-    model = services.models.get(principal, model_id, with_files=True)
+    model = services.models.get(principal, model_id, with_files=paths is None)
     if model.state != "ready":
         raise Conflict(f"Model {model_id} is {model.state}; it can be downloaded once it is ready")
     files = list(model.files or ())
     if paths is not None:
-        by_path = {f.path: f for f in files}
+        by_path = services.models.files_at(principal, model_id, paths)
         unknown = [p for p in paths if p not in by_path]
         if unknown:
             raise NotFound(f"Model {model_id} has no file {unknown[0]!r}")
