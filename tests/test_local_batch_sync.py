@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from modeldepot.blobs import LocalBlobStore, local
+from modeldepot.errors import StorageFull
 from modeldepot.services.ports import BlobWriter
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
@@ -178,3 +179,14 @@ def test_a_failing_syncfs_publishes_nothing_and_leaves_nothing(
     assert list(store.iter_blobs()) == []
     assert [p for p in (store.root / "tmp").rglob("*") if p.is_file()] == []
     assert local._syncfs_func is not None  # an I/O error is not a missing syncfs
+
+
+def test_a_full_disk_met_on_writeback_is_storage_full(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ext4 allocates blocks when it writes pages back: ENOSPC can come from the sync, not the write."""
+    fake_syncfs(monkeypatch, errno.ENOSPC)
+    with pytest.raises(StorageFull, match="disk is full"):
+        store.commit_batch(build_batch(store, blobs(local.SYNCFS_MIN_BLOBS + 1)))
+    assert list(store.iter_blobs()) == []
+    assert [p for p in (store.root / "tmp").rglob("*") if p.is_file()] == []

@@ -286,9 +286,14 @@ class LocalBlobStore:
                 # it again, and any other model naming it found it stored before (the same bytes).
                 if fs_fd is None or not _syncfs_if_available(fs_fd):
                     list(pool.map(_fsync_dir, moved))
-        except BaseException:
+        except BaseException as exc:
             for writer in writers:
                 writer.abort()
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Delayed allocation: a full disk often shows only when the bytes are written back.
+                raise StorageFull(
+                    "The blob store's disk is full", hint="Free space on the disk of the blob directory."
+                ) from exc
             raise
         finally:
             if fs_fd is not None:
