@@ -358,19 +358,23 @@ class S3BlobStore:
             raise
         return self._pointer(head) or (final, int(head["ContentLength"]))
 
-    def _pointed_keys(self) -> set[str]:
-        """The keys that pointers name. Only pointers (and the empty blob) are empty objects under
-        ``sha256/``, so only those are asked for their metadata."""
-        keys: set[str] = set()
+    def _blob_objects(self) -> Iterator[tuple[str, str, int]]:
+        """(sha256, key of its bytes, size) of every stored blob, in key order. Only pointers (and the
+        empty blob) are empty objects under ``sha256/``, so only those are asked for their metadata."""
         pages = self.client.get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=self.bucket, Prefix=self.key("sha256") + "/"):
             for item in page.get("Contents", []):
-                name = str(item["Key"]).rsplit("/", 1)[-1]
-                if int(item["Size"]) == 0 and len(name) == 64:
-                    found = self._resolve(name)
-                    if found is not None and found[0] != item["Key"]:
-                        keys.add(found[0])
-        return keys
+                key = str(item["Key"])
+                name = key.rsplit("/", 1)[-1]
+                if len(name) != 64:
+                    continue
+                found = self._resolve(name) if int(item["Size"]) == 0 else (key, int(item["Size"]))
+                if found is not None:
+                    yield name, *found
+
+    def _pointed_keys(self) -> set[str]:
+        """The keys that pointers name."""
+        return {key for sha256, key, _ in self._blob_objects() if key != self._blob_key(sha256)}
 
     def create_upload(self, key: str) -> str:
         with _writing():
@@ -513,21 +517,15 @@ class S3BlobStore:
             return
         final = self._blob_key(sha256)
         answer = self._get(final, start, end)
-        target = None
         if answer is None:  # no bytes in that range: of a plain object, or of a pointer's empty body
             found = self._resolve(sha256)
             if found is None:
                 raise FileNotFoundError(f"no blob {sha256} in {self.location()}")
-            target = found[0] if found[0] != final else None
-        else:
-            pointer = self._pointer(answer)
-            if pointer is not None:
-                answer["Body"].close()
-                target = pointer[0]
-        if target is not None:
-            answer = self._get(target, start, end)
-            if answer is None:
-                return
+            if found[0] != final:
+                answer = self._get(found[0], start, end)
+        elif (pointer := self._pointer(answer)) is not None:
+            answer["Body"].close()
+            answer = self._get(pointer[0], start, end)
         if answer is None:
             return
         body = answer["Body"]
@@ -564,18 +562,8 @@ class S3BlobStore:
 
     def iter_blobs(self) -> Iterator[tuple[str, int]]:
         """Every stored blob as (sha256, size), in key order."""
-        pages = self.client.get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=self.bucket, Prefix=self.key("sha256") + "/"):
-            for item in page.get("Contents", []):
-                name = str(item["Key"]).rsplit("/", 1)[-1]
-                if len(name) == 64:
-                    size = int(item["Size"])
-                    if size == 0:  # the empty blob, or a pointer
-                        found = self._resolve(name)
-                        if found is None:
-                            continue
-                        size = found[1]
-                    yield name, size
+        for sha256, _, size in self._blob_objects():
+            yield sha256, size
 
     def presign_get(self, sha256: str, expires_in: int, filename: str, size: int | None = None) -> str | None:
         """A presigned GET of the blob's bytes. Given its ``size``, a blob too small to be a pointer
@@ -736,15 +724,9 @@ class S3BlobStore:
             ranges.append((size, size + 1))  # past the announced end: must be empty
 
         def fetch(span: tuple[int, int] | None) -> bytes:
-            extra = {} if span is None else {"Range": f"bytes={span[0]}-{span[1] - 1}"}
-            try:
-                answer = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
-            except ClientError as exc:
-                if _code(exc) in _MISSING:
-                    raise FileNotFoundError(key) from None
-                if _code(exc) == "InvalidRange":
-                    return b""
-                raise
+            answer = self._get(key, *(span or (0, None)))
+            if answer is None:
+                return b""
             with contextlib.closing(answer["Body"]) as body:
                 data: bytes = body.read()
             return data

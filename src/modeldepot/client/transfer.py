@@ -63,7 +63,7 @@ def build_manifest(
     With a ``cache``, files unchanged since they were last hashed are not read again.
     """
 
-    # The cache is asked once for all files (one query per 500), with the stat each answer is for.
+    # The cache is asked once for all files (one query per 500), with each file's stat.
     looked: list[tuple[os.stat_result, str | None] | None] = [None] * len(entries)
     if cache is not None:
         try:
@@ -76,10 +76,9 @@ def build_manifest(
     def one(item: tuple[int, tuple[str, Path]]) -> tuple[ModelFile, Path]:
         index, (stored, local) = item
         try:
-            st = local.stat()
-            size = st.st_size
             seen = looked[index]
-            digest = seen[1] if seen is not None and _same_file(seen[0], st) else None
+            st, digest = seen if seen is not None else (local.stat(), None)
+            size = st.st_size
             if digest is not None:
                 if callable(on_bytes):
                     on_bytes(size)
@@ -94,12 +93,6 @@ def build_manifest(
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2)) as pool:
         return list(pool.map(one, enumerate(entries)))
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    """Whether two stats of a path show the same, unchanged file."""
-    keys = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
-    return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iterator[bytes]:

@@ -456,15 +456,15 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
             conn.execute(delete(t.pending_blobs).where(t.pending_blobs.c.model_id == model_id))
             conn.execute(delete(t.models).where(t.models.c.id == model_id))
 
-    def _files(self, conn: Connection, model_id: str) -> list[ModelFile]:
-        return [
-            ModelFile(path=r.path, size=r.size, sha256=r.sha256)
-            for r in conn.execute(
-                select(t.model_files.c.path, t.model_files.c.size, t.model_files.c.sha256)
-                .where(t.model_files.c.model_id == model_id)
-                .order_by(t.model_files.c.path)
-            )
-        ]
+    def _files(self, conn: Connection, model_id: str, *where: Any) -> list[ModelFile]:
+        """The model's files (those matching ``where`` too), by path."""
+        columns = (t.model_files.c.path, t.model_files.c.size, t.model_files.c.sha256)
+        rows = conn.execute(
+            select(*columns)
+            .where(t.model_files.c.model_id == model_id, *where)
+            .order_by(t.model_files.c.path)
+        )
+        return [ModelFile(path=r.path, size=r.size, sha256=r.sha256) for r in rows]
 
     def model_files(self, model_id: str) -> list[ModelFile]:
         with self._read() as conn:
@@ -473,16 +473,12 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
     def model_files_at(self, model_id: str, paths: Sequence[str]) -> dict[str, ModelFile]:
         """The model's files at ``paths`` (those it has), by path."""
         wanted = sorted(set(paths))
-        found: dict[str, ModelFile] = {}
         with self._read() as conn:
-            for i in range(0, len(wanted), 500):
-                rows = conn.execute(
-                    select(t.model_files.c.path, t.model_files.c.size, t.model_files.c.sha256).where(
-                        t.model_files.c.model_id == model_id, t.model_files.c.path.in_(wanted[i : i + 500])
-                    )
-                )
-                found.update((r.path, ModelFile(path=r.path, size=r.size, sha256=r.sha256)) for r in rows)
-        return found
+            return {
+                f.path: f
+                for i in range(0, len(wanted), 500)
+                for f in self._files(conn, model_id, t.model_files.c.path.in_(wanted[i : i + 500]))
+            }
 
     def manifest_sizes(self, model_id: str) -> dict[str, int]:
         """{sha256: size} of the model's files."""
@@ -495,13 +491,7 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
             return {sha256: int(size) for sha256, size in rows}
 
     def get_model_file(self, model_id: str, path: str) -> ModelFile | None:
-        with self._read() as conn:
-            r = conn.execute(
-                select(t.model_files.c.path, t.model_files.c.size, t.model_files.c.sha256).where(
-                    t.model_files.c.model_id == model_id, t.model_files.c.path == path
-                )
-            ).first()
-        return None if r is None else ModelFile(path=r.path, size=r.size, sha256=r.sha256)
+        return self.model_files_at(model_id, [path]).get(path)
 
     def expired_uploads(self, now: datetime) -> list[str]:
         with self._read() as conn:
