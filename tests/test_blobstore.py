@@ -480,6 +480,34 @@ def test_resent_part_replaces_the_first(blob_store: BlobStore) -> None:
     assert read_all(blob_store, sha(data)) == data
 
 
+@pytest.mark.parametrize("meanwhile", ["finished", "aborted"])
+def test_a_part_still_arriving_when_its_area_is_finished_or_removed_is_refused(
+    blob_store: BlobStore, meanwhile: str
+) -> None:
+    """A part sent again (or late) is cut off once its area is finished or removed: none of its bytes
+    lands in the published blob, and it leaves nothing behind."""
+    data = blob(PART + 10)
+    staging_id = blob_store.begin_staging(len(data))
+    for number, offset, chunk in _parts(data):
+        send_part(blob_store, staging_id, number, offset, chunk)
+
+    def late() -> Iterator[bytes]:
+        # The part has opened the area by now; the area is done with before its first byte comes.
+        if meanwhile == "finished":
+            blob_store.finish_staging(staging_id, sha(data), len(data))
+        else:
+            blob_store.abort_staging(staging_id)
+        yield b"x" * PART
+
+    with pytest.raises(IntegrityError, match="no longer exists"):
+        blob_store.write_part(staging_id, 1, 0, PART, late(), None)
+    if meanwhile == "finished":
+        assert read_all(blob_store, sha(data)) == data
+    else:
+        assert blob_store.size(sha(data)) is None
+    assert blob_store.staging_ids() == [] and leftovers(blob_store) == []
+
+
 def test_a_bad_part_is_refused(blob_store: BlobStore) -> None:
     data = blob(PART + 10)
     staging_id = blob_store.begin_staging(len(data))

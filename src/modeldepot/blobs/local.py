@@ -154,7 +154,7 @@ class LocalBlobStore:
         # One writer at a time per staging file: the kernel serializes writes to one file anyway (the
         # inode lock), and threads that wait for it there spin, burning CPU (measured: 12% of the
         # server's CPU for a 2 GiB upload in four parallel parts); here they sleep.
-        self._write_locks: dict[str, threading.Lock] = {}
+        self._write_locks: dict[str, threading.RLock] = {}
         # Held while a blob is moved into place; the server sets it to the metadata store's row lock
         # so that the garbage collector can never delete a blob in the instant it is re-published.
         self.guard = guard
@@ -388,21 +388,35 @@ class LocalBlobStore:
         area = self._staging(staging_id)
         with self._ahead_lock:
             state = self._ahead.get(staging_id)
-            write_lock = self._write_locks.setdefault(staging_id, threading.Lock())
+        write_lock = self._write_lock(staging_id)
         if state is not None and number <= state.next_part and (area / "parts" / str(number)).exists():
             state.valid = False  # a part sent again may be hashed (or being hashed) with its old bytes
         digest = hashlib.sha256()
         got = 0
+        gone = IntegrityError(f"Upload staging area {staging_id} no longer exists")
         try:
             fd = os.open(area / "data", os.O_WRONLY)
         except FileNotFoundError:
-            raise IntegrityError(f"Upload staging area {staging_id} no longer exists") from None
+            raise gone from None
         try:
+            inode = os.fstat(fd).st_ino
+
+            def still_staged() -> None:
+                """Under the write lock: the area was not finished (its file published) or removed
+                since this part opened it; no byte may land in a blob that was verified."""
+                try:
+                    if os.stat(area / "data").st_ino == inode:
+                        return
+                except FileNotFoundError:
+                    pass
+                raise gone
+
             for chunk in chunks:
                 if got + len(chunk) > size:
                     raise IntegrityError(f"Part {number} is larger than its {size} bytes")
                 view = memoryview(chunk)
                 with write_lock:
+                    still_staged()
                     while view:
                         try:
                             n = os.pwrite(fd, view, offset + got)
@@ -425,8 +439,9 @@ class LocalBlobStore:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        marker = area / "parts" / str(number)
-        marker.write_text(str(size))
+        with write_lock:  # not while the area is finished or removed: no marker outlives it
+            still_staged()
+            (area / "parts" / str(number)).write_text(str(size))
         self._hash_ahead(staging_id, number)
 
     def _hash_ahead(self, staging_id: str, number: int) -> None:
@@ -491,7 +506,14 @@ class LocalBlobStore:
             return {}
 
     def finish_staging(self, staging_id: str, sha256: str, size: int) -> None:
-        """Hash the assembled file; if it is the blob announced, fsync it and publish it."""
+        """Hash the assembled file; if it is the blob announced, fsync it and publish it.
+
+        The area's write lock is held throughout: a part sent again meanwhile could otherwise land
+        after the check, in a blob other models share. It then finds the area gone."""
+        with self._write_lock(staging_id):
+            self._finish(staging_id, sha256, size)
+
+    def _finish(self, staging_id: str, sha256: str, size: int) -> None:
         data = self._staging(staging_id) / "data"
         with self._ahead_lock:
             state = self._ahead.pop(staging_id, None)
@@ -521,10 +543,18 @@ class LocalBlobStore:
         self.abort_staging(staging_id)
 
     def abort_staging(self, staging_id: str) -> None:
+        area = self._staging(staging_id)
+        with self._write_lock(staging_id):  # no part lands (nor its marker) while the area goes
+            with self._ahead_lock:
+                self._ahead.pop(staging_id, None)
+            shutil.rmtree(area, ignore_errors=True)
         with self._ahead_lock:
-            self._ahead.pop(staging_id, None)
             self._write_locks.pop(staging_id, None)
-        shutil.rmtree(self._staging(staging_id), ignore_errors=True)
+
+    def _write_lock(self, staging_id: str) -> threading.RLock:
+        """The lock a staging area's writes, its finishing and its removal take."""
+        with self._ahead_lock:
+            return self._write_locks.setdefault(staging_id, threading.RLock())
 
     def orphan_stagings(self, known: set[str], cutoff: datetime) -> list[str]:
         """Staging areas not in ``known`` whose last write is older than ``cutoff`` (left by a crash
