@@ -47,9 +47,11 @@ def test_upload_download_gc_and_fsck_on_s3(s3_server: RunningServer, tmp_path: P
             f"/projects/{project}/models",
             json={"name": "probe", "files": [{"path": "w", "size": len(big), "sha256": digest}]},
         ).json()
-        parts = http.post(plan["missing"][0]["parts_url"]).json()["parts"]
+        answer = http.post(plan["missing"][0]["parts_url"]).json()
+        parts = answer["parts"]
         direct = [not p["url"].startswith(s3_server.url) for p in parts]
         assert len(parts) == 3 and all(direct)  # straight to S3
+        assert answer["in_order"] is False  # S3 takes parts in parallel
         http.delete(f"/models/{plan['model']['id']}")
         mid = os.urandom(4 * MiB + 512 * 1024)  # over 4 MiB: one part, also straight to the store
         entry = {"path": "m", "size": len(mid), "sha256": hashlib.sha256(mid).hexdigest()}
@@ -85,6 +87,7 @@ def test_parts_sent_while_hashing_go_straight_to_s3(s3_server: RunningServer, tm
         project = admin.create_project("p").id
         area = http.post(f"/projects/{project}/stagings", json={"size": len(big)}).json()
         assert len(area["parts"]) == 3 and not any(p["url"].startswith(s3_server.url) for p in area["parts"])
+        assert area["in_order"] is False
         assert http.delete(area["url"]).status_code == 204
         model = admin.upload(src, project=project, name="m")
         again = admin.upload(src, project=project, name="m")  # sent ahead, then found stored: dropped

@@ -187,12 +187,13 @@ def test_a_named_area_is_taken_over_with_the_parts_it_holds(small_parts: Running
         project = http.post("/projects", json={"name": "p"}).json()["id"]
         area = http.post(f"/projects/{project}/stagings", json={"size": len(data)}).json()
         assert area["part_size"] == MiB and [p["size"] for p in area["parts"]] == [MiB, MiB, MiB, 7]
+        assert area["in_order"] is True  # the local store hashes parts that come in order as they arrive
         for p in area["parts"][:2]:
             assert http.put(p["url"], content=data[p["offset"] : p["offset"] + p["size"]]).status_code == 204
         plan = http.post(f"/projects/{project}/models", json=_manifest(data, {digest: area["id"]})).json()
         (missing,) = plan["missing"]
         parts = http.post(missing["parts_url"]).json()
-        assert [p["received"] for p in parts["parts"]] == [True, True, False, False]
+        assert [p["received"] for p in parts["parts"]] == [True, True, False, False] and parts["in_order"]
         # A part already on its way to the area's own URL still lands.
         late = area["parts"][2]
         assert (

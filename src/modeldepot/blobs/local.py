@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from .. import directio
 from ..errors import IntegrityError, InvalidInput, StorageFull
 from ..services.ports import BlobWriter
 
@@ -136,6 +137,45 @@ class _HashAhead:
         self.running = False  # a hashing thread is at work
         self.again = False  # a part arrived while it was: look once more before stopping
         self.closed = False  # finishing took over
+        self.inline: int | None = None  # the part being hashed as it arrives
+        self.inline_size = 0
+        self.writing: dict[int, int] = {}  # part number -> requests writing it now
+
+    def begin(self, number: int, offset: int, size: int) -> hashlib._Hash | None:
+        """A part starts arriving. Returns a copy of the running hash to hash it into as it arrives
+        when every part before it is hashed and nothing else is hashing; None otherwise."""
+        with self.cond:
+            self.writing[number] = self.writing.get(number, 0) + 1
+            if self.writing[number] > 1:
+                self.valid = False  # the same part twice at once: its bytes on disk are anyone's
+            if (
+                self.valid
+                and not self.closed
+                and not self.running
+                and self.inline is None
+                and self.next_part == number
+                and self.hashed == offset
+            ):
+                self.inline, self.inline_size = number, size
+                return self.digest.copy()
+        return None
+
+    def end(self, number: int, claimed: bool, digest: hashlib._Hash | None) -> None:
+        """A part stopped arriving. ``claimed``: ``begin`` gave it the running hash; ``digest``: its
+        hash, when it was hashed as it arrived and is now stored whole (None when it failed)."""
+        with self.cond:
+            self.writing[number] -= 1
+            if not self.writing[number]:
+                del self.writing[number]
+            if claimed:
+                self.inline = None
+                if digest is not None and self.valid and not self.closed:
+                    self.digest = digest
+                    self.hashed += self.inline_size
+                    self.next_part += 1
+                    return
+            if number < self.next_part:
+                self.valid = False  # hashed (from disk) while it was being written
 
 
 def _no_guard(sha256: str, size: int) -> AbstractContextManager[None]:
@@ -163,6 +203,14 @@ class LocalBlobStore:
         # then get signed URLs to it instead of going through the API.
         self.presigner: Presigner | None = None
         self.presign_min_size = 4 * 1024 * 1024
+        # Parts of large uploads are written and read back around the page cache (see directio.py),
+        # where the file system allows it; off, everything goes through the page cache.
+        self.direct_io = True
+        # The store hashes a part as it arrives when the parts before it are hashed: a client does
+        # best to send a blob's parts one after the other.
+        self.parts_in_order = True
+        self._buffers = directio.BUFFERS
+        self._io = directio.io_pool()
         # Names of temporary files: random per store, then counted (O_EXCL still guards against a clash);
         # a random name each would cost a getrandom call per file, which shows with thousands of them.
         self.tmp_prefix = secrets.token_hex(6)
@@ -384,20 +432,29 @@ class LocalBlobStore:
         chunks: Iterable[bytes | memoryview],
         sha256: str | None,
     ) -> None:
-        """Write part ``number`` at ``offset``; its size (and sha256, when given) must match."""
+        """Write part ``number`` at ``offset``; its size (and sha256, when given) must match.
+
+        The part is hashed into the area's running sha256 as it arrives when every part before it has
+        been hashed already (parts sent one after the other, see ``parts_in_order``); finishing then
+        reads nothing back.
+        """
         area = self._staging(staging_id)
         with self._ahead_lock:
-            state = self._ahead.get(staging_id)
+            state = self._ahead.setdefault(staging_id, _HashAhead())
         write_lock = self._write_lock(staging_id)
-        if state is not None and number <= state.next_part and (area / "parts" / str(number)).exists():
+        if number <= state.next_part and (area / "parts" / str(number)).exists():
             state.valid = False  # a part sent again may be hashed (or being hashed) with its old bytes
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if sha256 is not None else None
+        inline = state.begin(number, offset, size)
+        claimed = inline is not None
         got = 0
         gone = IntegrityError(f"Upload staging area {staging_id} no longer exists")
         try:
             fd = os.open(area / "data", os.O_WRONLY)
         except FileNotFoundError:
+            state.end(number, claimed, None)
             raise gone from None
+        direct_fd = directio.open_direct(area / "data", os.O_WRONLY) if self.direct_io else None
         try:
             inode = os.fstat(fd).st_ino
 
@@ -411,54 +468,62 @@ class LocalBlobStore:
                     pass
                 raise gone
 
-            for chunk in chunks:
-                if got + len(chunk) > size:
-                    raise IntegrityError(f"Part {number} is larger than its {size} bytes")
-                view = memoryview(chunk)
+            def pwrite(target: int, view: memoryview, at: int) -> int:
                 with write_lock:
                     still_staged()
-                    while view:
-                        try:
-                            n = os.pwrite(fd, view, offset + got)
-                        except OSError as exc:
-                            if exc.errno == errno.ENOSPC:
-                                raise StorageFull("The blob store's disk is full") from exc
-                            raise
-                        view = view[n:]
-                        got += n
-                if sha256 is not None:
-                    digest.update(chunk)
-            if got != size:
-                raise IntegrityError(f"Part {number} has {got} bytes, expected {size}; send it again")
-            if sha256 is not None and digest.hexdigest() != sha256:
+                    try:
+                        return os.pwrite(target, view, at)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOSPC:
+                            raise StorageFull("The blob store's disk is full") from exc
+                        raise
+
+            writer = directio.RangeWriter(fd, direct_fd, offset, size, pwrite, self._buffers, self._io)
+            try:
+                for chunk in chunks:
+                    if got + len(chunk) > size:
+                        raise IntegrityError(f"Part {number} is larger than its {size} bytes")
+                    writer.write(chunk)
+                    got += len(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
+                    if inline is not None:
+                        inline.update(chunk)
+                if got != size:
+                    raise IntegrityError(f"Part {number} has {got} bytes, expected {size}; send it again")
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            if digest is not None and digest.hexdigest() != sha256:
                 raise IntegrityError(f"Part {number} arrived corrupted (sha256 mismatch); send it again")
-            # On disk before it counts as received: a part that survives a crash is whole. Writing
-            # back each part as it completes is also far cheaper here than one sync of the whole
-            # blob at the end (measured: 2 GiB in 64 MiB parts from 4 threads, 0.8 s of system CPU
-            # against 3.5-9 s when the dirty pages pile up).
+            # On disk before it counts as received: a part that survives a crash is whole.
             os.fdatasync(fd)
+            with write_lock:  # not while the area is finished or removed: no marker outlives it
+                still_staged()
+                (area / "parts" / str(number)).write_text(str(size))
+        except BaseException:
+            inline = None
+            raise
         finally:
+            if direct_fd is not None:
+                os.close(direct_fd)
             os.close(fd)
-        with write_lock:  # not while the area is finished or removed: no marker outlives it
-            still_staged()
-            (area / "parts" / str(number)).write_text(str(size))
-        self._hash_ahead(staging_id, number)
+            state.end(number, claimed, inline)
+        self._hash_ahead(staging_id, state)
 
-    def _hash_ahead(self, staging_id: str, number: int) -> None:
-        """Hash the parts that now follow each other from the start, while they are in the page cache.
+    def _hash_ahead(self, staging_id: str, state: _HashAhead) -> None:
+        """Hash the parts that now follow each other from the start, as they land.
 
-        Parts arrive out of order; a thread of the staging area's own follows them in order as they
-        land, so that the request that sent a part is answered at once and finishing only has to hash
-        what is left. The running hash lives in this process: after a restart, or if a part already
-        hashed is sent again, finishing simply reads everything.
+        Parts may arrive out of order; a thread of the staging area's own follows them in order,
+        reading back those that were not hashed as they arrived, so that the request that sent a part
+        is answered at once and finishing only has to hash what is left. The running hash lives in
+        this process: after a restart, or if a part already hashed is sent again, finishing simply
+        reads everything.
         """
-        with self._ahead_lock:
-            state = self._ahead.setdefault(staging_id, _HashAhead())
         with state.cond:
-            if number < state.next_part:
-                state.valid = False
-            if state.closed or not state.valid:
-                return
+            if state.closed or not state.valid or state.inline is not None:
+                return  # the part being hashed as it arrives starts the thread when it is done
             if state.running:
                 state.again = True
                 return
@@ -468,29 +533,31 @@ class LocalBlobStore:
     def _hash_loop(self, staging_id: str, state: _HashAhead) -> None:
         area = self._staging(staging_id)
         try:
-            with (area / "data").open("rb") as f:
-                while True:
-                    try:
-                        size = int((area / "parts" / str(state.next_part)).read_text() or -1)
-                    except (FileNotFoundError, ValueError):
-                        size = -1
-                    if size >= 0:
-                        f.seek(state.hashed)
-                        left = size
-                        while left > 0 and (chunk := f.read(min(4 * 1024 * 1024, left))):
-                            if state.closed or not state.valid:
-                                return  # finishing goes on from state.hashed
-                            state.digest.update(chunk)
-                            state.hashed += len(chunk)
-                            left -= len(chunk)
-                        if left:
-                            return  # the data file is shorter than its parts: finishing will say so
-                        state.next_part += 1
-                        continue
-                    with state.cond:
-                        if not state.again or state.closed or not state.valid:
-                            return
-                        state.again = False
+            while True:
+                try:
+                    size = int((area / "parts" / str(state.next_part)).read_text() or -1)
+                except (FileNotFoundError, ValueError):
+                    size = -1
+                with state.cond:
+                    if state.inline == state.next_part:
+                        size = -1  # being hashed as it arrives
+                if size >= 0:
+                    end = state.hashed + size
+                    for view in directio.read_range(
+                        area / "data", state.hashed, size, self._buffers, self._io
+                    ):
+                        if state.closed or not state.valid:
+                            return  # finishing goes on from state.hashed
+                        state.digest.update(view)
+                        state.hashed += len(view)
+                    if state.hashed != end:
+                        return  # the data file is shorter than its parts: finishing will say so
+                    state.next_part += 1
+                    continue
+                with state.cond:
+                    if not state.again or state.closed or not state.valid:
+                        return
+                    state.again = False
         except FileNotFoundError:
             return  # aborted meanwhile
         finally:
@@ -526,19 +593,24 @@ class LocalBlobStore:
             digest, got = state.digest, state.hashed  # only the rest needs reading
         else:
             digest, got = hashlib.sha256(), 0
-        with data.open("rb") as f:
-            f.seek(got)
-            while chunk := f.read(4 * 1024 * 1024):
-                digest.update(chunk)
-                got += len(chunk)
-            if got != size or digest.hexdigest() != sha256:
-                self.abort_staging(staging_id)
-                raise IntegrityError(
-                    f"The parts add up to {got} bytes with sha256 {digest.hexdigest()}, expected {size} bytes "
-                    f"with sha256 {sha256}; they were discarded",
-                    hint="The file changed or was corrupted in transit: upload it again.",
-                )
-            os.fsync(f.fileno())
+        try:
+            for view in directio.read_range(data, got, max(0, size - got) + 1, self._buffers, self._io):
+                digest.update(view)
+                got += len(view)
+        except FileNotFoundError:
+            got = -1
+        if got != size or digest.hexdigest() != sha256:
+            self.abort_staging(staging_id)
+            raise IntegrityError(
+                f"The parts add up to {max(got, 0)} bytes with sha256 {digest.hexdigest()}, expected {size} "
+                f"bytes with sha256 {sha256}; they were discarded",
+                hint="The file changed or was corrupted in transit: upload it again.",
+            )
+        fd = os.open(data, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.publish(data, sha256, size)
         self.abort_staging(staging_id)
 

@@ -276,6 +276,7 @@ class S3BlobStore:
             lambda blobs: contextlib.nullcontext()  # unused: commit_batch commits one by one
         )
         self.presign_min_size = 0  # every download goes straight to the store
+        self.parts_in_order = False  # the store takes parts in parallel; finishing reads them back
         config = Config(
             signature_version="s3v4",
             # Most self-hosted stores answer only on their endpoint's host name: path style there.

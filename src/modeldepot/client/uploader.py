@@ -219,6 +219,14 @@ class Uploader:
 
         if not todo:
             return [pool.submit(complete)]
+        if plan.get("in_order"):
+            # The server hashes each part as it arrives when the parts before it are in: one after
+            # the other, it reads none of them back (the other files' parts still go meanwhile).
+            def send_all() -> None:
+                for part in todo:
+                    send(part)
+
+            return [pool.submit(send_all)]
         return [pool.submit(send, part) for part in todo]
 
 
@@ -264,7 +272,12 @@ class _SendAhead:
         self.bar_started = True
         for local, area in self.areas.items():
             stop = self.stop[local] = threading.Event()
-            self.futures[local] = [self.pool.submit(self._send, local, part, stop) for part in area["parts"]]
+            if area.get("in_order"):  # one after the other (see Uploader._put_parts)
+                self.futures[local] = [self.pool.submit(self._send_all, local, area["parts"], stop)]
+            else:
+                self.futures[local] = [
+                    self.pool.submit(self._send, local, part, stop) for part in area["parts"]
+                ]
         return True
 
     def _send(self, local: Path, part: dict[str, Any], stop: threading.Event) -> None:
@@ -274,6 +287,10 @@ class _SendAhead:
             self.client.put_file(part["url"], local, int(part["offset"]), int(part["size"]), self.bar.advance)
         except ModeldepotError:
             stop.set()  # the normal flow sends whatever did not arrive
+
+    def _send_all(self, local: Path, parts: list[dict[str, Any]], stop: threading.Event) -> None:
+        for part in parts:
+            self._send(local, part, stop)
 
     def named(self, manifest: list[tuple[ModelFile, Path]]) -> dict[str, str]:
         """``{sha256: staging id}`` for the manifest; a second area for the same content is dropped."""

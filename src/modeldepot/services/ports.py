@@ -194,6 +194,9 @@ class BlobStore(Protocol):
     # Blobs smaller than this are served by the API itself even when presign_get can sign a URL:
     # many small files travel faster many to a request (a tar stream) than one URL each.
     presign_min_size: int
+    # True: the store hashes a part as it arrives when the parts before it are in, so a client does
+    # best to send a blob's parts one after the other, in order (they are still accepted in any order).
+    parts_in_order: bool
 
     def size(self, sha256: str) -> int | None: ...
     def writer(self) -> BlobWriter: ...

@@ -74,6 +74,7 @@ class PartPlan:
     size: int
     part_size: int
     parts: tuple[Part, ...]
+    in_order: bool  # send the parts one after the other (see BlobStore.parts_in_order)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,7 @@ class StagedPlan:
 
     staging: Staging
     parts: tuple[Part, ...]
+    in_order: bool  # send the parts one after the other (see BlobStore.parts_in_order)
 
 
 # How many staging areas one key may hold open (not yet named by an upload) at once.
@@ -260,7 +262,7 @@ class UploadService:
             )
             for number, offset, part in _layout(size, staging.part_size)
         )
-        return StagedPlan(staging=staging, parts=parts)
+        return StagedPlan(staging=staging, parts=parts, in_order=self.blobs.parts_in_order)
 
     def _own_staging(self, principal: Principal, staging_id: str) -> Staging:
         staging = self.store.get_staging(staging_id)
@@ -453,7 +455,13 @@ class UploadService:
                 else self.blobs.presign_part(staging_id, number, url_ttl, offset=offset, size=size)
             )
             parts.append(Part(number=number, offset=offset, size=size, received=done, url=url))
-        return PartPlan(sha256=pending.sha256, size=pending.size, part_size=part_size, parts=tuple(parts))
+        return PartPlan(
+            sha256=pending.sha256,
+            size=pending.size,
+            part_size=part_size,
+            parts=tuple(parts),
+            in_order=self.blobs.parts_in_order,
+        )
 
     def write_part(
         self,

@@ -132,7 +132,9 @@ def blob_parts(
     """The parts of a large blob (opening its staging area on first call) and which have arrived.
 
     A part with a ``url`` goes straight to the object store; without one, PUT it to this server at
-    ``…/parts/{number}``. Parts may be sent in any order and at the same time.
+    ``…/parts/{number}``. Parts may be sent in any order and at the same time; with ``in_order``
+    true the server hashes each part as it arrives if the parts before it are in, so sending them
+    one after the other, in order, spares it reading them back.
     """
     plan = services.uploads.parts(principal, model_id, sha256)
     parts = []
@@ -149,6 +151,7 @@ def blob_parts(
         "size": plan.size,
         "part_size": plan.part_size,
         "parts": parts,
+        "in_order": plan.in_order,
         "complete_url": complete,
     }
 
@@ -213,6 +216,7 @@ def create_staging(
         "id": sid,
         "size": plan.staging.size,
         "part_size": plan.staging.part_size,
+        "in_order": plan.in_order,
         "expires_at": plan.staging.expires_at.isoformat().replace("+00:00", "Z"),
         "parts": parts,
         "url": str(request.url_for("cancel_staging", staging_id=sid)),

@@ -1,0 +1,132 @@
+"""The local store's parts: direct I/O, unaligned offsets, and hashing parts as they arrive.
+
+The blob-store contract (test_blobstore.py) covers what every store does; this is what the local
+store does on top: parts written around the page cache where the file system allows it (and through
+it where it does not, or where an offset is not aligned), and a part hashed as it arrives when the
+parts before it are in, with a fallback to reading back from disk whenever that could be wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modeldepot import directio
+from modeldepot.blobs import LocalBlobStore
+from modeldepot.errors import IntegrityError
+
+MiB = 1024 * 1024
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.fixture(params=[True, False], ids=["direct", "page-cache"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> LocalBlobStore:
+    s = LocalBlobStore(tmp_path / "blobs")
+    s.direct_io = request.param
+    return s
+
+
+def parts_of(data: bytes, part_size: int) -> list[tuple[int, int, bytes]]:
+    return [(i // part_size + 1, i, data[i : i + part_size]) for i in range(0, len(data), part_size)]
+
+
+@pytest.mark.parametrize("order", ["in-order", "reversed", "shuffled"])
+@pytest.mark.parametrize("part_size", [4 * MiB, MiB + 1000], ids=["aligned", "unaligned"])
+def test_parts_in_any_order_and_at_any_offset_make_the_blob(
+    store: LocalBlobStore, order: str, part_size: int
+) -> None:
+    data = os.urandom(3 * part_size + 4321)
+    parts = parts_of(data, part_size)
+    if order == "reversed":
+        parts.reverse()
+    elif order == "shuffled":
+        random.Random(7).shuffle(parts)
+    staging_id = store.begin_staging(len(data))
+    for number, offset, chunk in parts:
+        # Pieces of odd sizes, as a socket hands them over.
+        store.write_part(staging_id, number, offset, len(chunk), pieces(chunk, 777 * 1024 + 3), None)
+    store.finish_staging(staging_id, sha(data), len(data))
+    assert b"".join(store.read(sha(data))) == data
+    assert store.staging_ids() == []
+
+
+def test_finishing_while_parts_are_still_read_back_for_hashing(tmp_path: Path) -> None:
+    """Finishing takes over from the thread that hashes parts from disk wherever it stopped (also in
+    the middle of a part)."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    for attempt in range(4):
+        data = os.urandom(6 * 4 * MiB + attempt)
+        staging_id = store.begin_staging(len(data))
+        parts = parts_of(data, 4 * MiB)
+        # The first part comes last: it is hashed as it arrives, and the thread then reads the rest back.
+        for number, offset, chunk in [*parts[1:], parts[0]]:
+            store.write_part(staging_id, number, offset, len(chunk), [chunk], None)
+        store.finish_staging(staging_id, sha(data), len(data))
+        assert b"".join(store.read(sha(data))) == data
+
+
+def test_the_same_part_twice_at_once_is_judged_by_what_landed(store: LocalBlobStore) -> None:
+    """A part sent again while its first copy is still arriving: the bytes on disk may be a mix of the
+    two, so the hash of the first copy as it arrived must not count. Finishing goes by what is on
+    disk: it publishes the blob only if those bytes are the blob's."""
+    data = os.urandom(2 * MiB + 10)
+    staging_id = store.begin_staging(len(data))
+    (_, _, first), (_, offset, last) = parts_of(data, 2 * MiB)
+
+    def first_copy() -> Iterator[bytes]:
+        yield first[:MiB]
+        # The second copy (wrong bytes) arrives whole meanwhile.
+        store.write_part(staging_id, 1, 0, len(first), [os.urandom(len(first))], None)
+        yield first[MiB:]
+
+    store.write_part(staging_id, 1, 0, len(first), first_copy(), None)  # the first part: hashed as it comes
+    store.write_part(staging_id, 2, offset, len(last), [last], None)
+    landed = (store.root / "staging" / staging_id / "data").read_bytes()
+    if landed == data:  # the first copy's bytes were all written after the second's
+        store.finish_staging(staging_id, sha(data), len(data))
+        assert b"".join(store.read(sha(data))) == data
+    else:
+        with pytest.raises(IntegrityError, match="discarded"):
+            store.finish_staging(staging_id, sha(data), len(data))
+        assert store.size(sha(data)) is None
+    assert store.staging_ids() == []
+
+
+def test_a_part_refused_on_the_way_leaves_the_running_hash_as_it_was(store: LocalBlobStore) -> None:
+    data = os.urandom(2 * MiB + 10)
+    staging_id = store.begin_staging(len(data))
+    (_, _, first), (_, offset, last) = parts_of(data, 2 * MiB)
+    with pytest.raises(IntegrityError, match="larger than"):
+        store.write_part(staging_id, 1, 0, len(first), [first, b"x"], None)
+    for short in (first[:100], first[: MiB + 5]):  # less than a block; whole blocks and a bit
+        with pytest.raises(IntegrityError, match="expected"):
+            store.write_part(staging_id, 1, 0, len(first), [short], None)
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        store.write_part(staging_id, 1, 0, len(first), [first[:-1] + b"?"], sha(first))
+    store.write_part(staging_id, 1, 0, len(first), pieces(first, 300_001), sha(first))
+    store.write_part(staging_id, 2, offset, len(last), [last], None)
+    store.finish_staging(staging_id, sha(data), len(data))
+    assert b"".join(store.read(sha(data))) == data
+
+
+@pytest.mark.parametrize("start,length", [(0, 10), (4095, 2), (4096, 4096), (5000, 9 * MiB), (0, 20 * MiB)])
+def test_read_range_at_odd_boundaries(tmp_path: Path, start: int, length: int) -> None:
+    data = os.urandom(9 * MiB + 5000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    got = b"".join(
+        bytes(v) for v in directio.read_range(path, start, length, directio.BUFFERS, directio.io_pool())
+    )
+    assert got == data[start : start + length]  # stops at the end of the file
