@@ -166,10 +166,13 @@ class Bulk:
         sink: Callable[[memoryview], None],
         headers: Mapping[str, str] | None = None,
         on_start: Callable[[int], None] | None = None,
+        into: memoryview | None = None,
     ) -> tuple[int, http.client.HTTPResponse]:
         """GET ``url`` and feed its body to ``sink`` in pieces of one reused buffer; (status, response).
 
-        The body of any answer but 200 and 206 is not fed (a 3xx is returned for the caller to follow;
+        With ``into`` the body is read straight into that buffer, one piece after the other, and
+        ``sink`` gets each piece where it landed (a body larger than the buffer is an error). The
+        body of any answer but 200 and 206 is not fed (a 3xx is returned for the caller to follow;
         4xx and 5xx raise the error the body describes)."""
         response = self._exchange("GET", url, {"Accept-Encoding": "identity", **(headers or {})}, None)
         with response:
@@ -178,11 +181,18 @@ class Bulk:
             if response.status not in (200, 206):
                 response.read()
                 return response.status, response
-            buf = memoryview(bytearray(BUFFER))
+            buf = memoryview(bytearray(BUFFER)) if into is None else into
             try:
                 if on_start is not None:
                     on_start(response.status)
-                while n := response.readinto(buf):
+                if into is not None:
+                    got = 0
+                    while got < len(into) and (n := response.readinto(into[got:])):
+                        sink(into[got : got + n])
+                        got += n
+                    if response.read(1):
+                        raise ConnectionFailed(f"{urlsplit(url).netloc} sent more than was asked for")
+                while into is None and (n := response.readinto(buf)):
                     sink(buf[:n])
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(url)

@@ -266,17 +266,19 @@ class Client:
         headers: dict[str, str] | None = None,
         *,
         on_start: Callable[[int], None] | None = None,
+        into: memoryview | None = None,
     ) -> int:
         """GET a URL the server handed out, feeding the body to ``sink``; the HTTP status.
 
-        A redirect (to a presigned URL) is followed once, without the key.
+        With ``into``, the body is read straight into it (see ``Bulk.get_into``). A redirect (to a
+        presigned URL) is followed once, without the key.
         """
         own = url.startswith(self.url + "/")
         sent = {**(self._key_headers if own else {}), **(headers or {})}
-        status, response = self._bulk.get_into(url, sink, sent, on_start)
+        status, response = self._bulk.get_into(url, sink, sent, on_start, into)
         location = response.getheader("Location")
         if status in (302, 303, 307) and location:
-            status, _ = self._bulk.get_into(location, sink, headers or {}, on_start)
+            status, _ = self._bulk.get_into(location, sink, headers or {}, on_start, into)
         return status
 
     def download(

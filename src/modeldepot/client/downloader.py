@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import tarfile
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
+from .. import directio
 from ..chunks import ChunkReader
 from ..errors import ConnectionFailed, IntegrityError
 from ..records import ModelFile
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from .client import Client, Progress
 
 RANGED_THRESHOLD = 64 * 1024 * 1024
-RANGE_SIZE = 32 * 1024 * 1024
+RANGE_SIZE = 16 * 1024 * 1024  # also the size of each range's buffer, of which parallel + 2 exist at most
 # Files up to SMALL_FILE served by the server itself come many to a request, as a tar stream.
 SMALL_FILE = 4 * 1024 * 1024
 BATCH_BYTES = 32 * 1024 * 1024
@@ -166,6 +168,15 @@ class Downloader:
             raise IntegrityError(f"The server did not send {next(iter(wanted))!r}")
 
     def _ranged(self, f: ModelFile, url: str, target: Path) -> Path:
+        """A large file in RANGE_SIZE ranges on parallel connections.
+
+        Each range is received into a buffer of its own, written at its offset (around the page
+        cache where the file system allows it, see ``directio``), and hashed from that buffer once
+        every range before it is hashed, by whichever fetch thread completes the next range; so the
+        file is neither read back nor copied into the page cache. Buffers are handed out in range
+        order, at most ``parallel + 2`` at once (96 MiB with the default 4 connections), so the next
+        range to hash always has one.
+        """
         part = target.with_name(target.name + ".part")
         done_file = target.with_name(target.name + ".part.done")
         ranges = [(start, min(start + RANGE_SIZE, f.size)) for start in range(0, f.size, RANGE_SIZE)]
@@ -176,82 +187,64 @@ class Downloader:
             with part.open("wb") as out:
                 out.truncate(f.size)
             done_file.write_text("")
-        lock = threading.Lock()
-        # One writer at a time: the kernel serializes writes to one file anyway (its inode lock), and
-        # threads waiting there spin, burning the CPU the hashing thread needs; here they sleep.
-        write_lock = threading.Lock()
         self.bar.advance(sum(end - start for start, end in ranges if start in done))
-        # The ranges arrive out of order; a hashing thread follows them in order as they land, so
-        # the file is hashed while it downloads (from the page cache) instead of read again after.
-        arrived = threading.Condition()
-        complete = set(done)
-        failed = threading.Event()
-        digest = hashlib.sha256()
+        fd = os.open(part, os.O_WRONLY)
+        direct_fd = directio.open_direct(part, os.O_WRONLY)
+        order = _InOrder([start for start, _ in ranges], f.size, done, part, self.client.parallel)
+        marks_lock = threading.Lock()
 
-        def hash_in_order() -> None:
-            buf = memoryview(bytearray(4 * 1024 * 1024))
-            with part.open("rb", buffering=0) as src:
-                for start, end in ranges:
-                    with arrived:
-                        while start not in complete and not failed.is_set():
-                            arrived.wait()
-                    if failed.is_set():
-                        return
-                    src.seek(start)
-                    pos = start
-                    while pos < end:
-                        n = src.readinto(buf[: min(len(buf), end - pos)])
-                        if not n:
-                            break
-                        digest.update(buf[:n])
-                        pos += n
+        def fetch(start: int, end: int, buf: mmap.mmap) -> None:
+            got = 0
 
-        def fetch(start: int, end: int) -> None:
-            with part.open("r+b", buffering=0) as out:
-                out.seek(start)
-                pos = start
+            def sink(view: memoryview) -> None:  # the bytes are in buf already
+                nonlocal got
+                got += len(view)
+                self.bar.advance(len(view))
 
-                def sink(view: memoryview) -> None:
-                    nonlocal pos
-                    if pos + len(view) > end:
-                        raise ConnectionFailed(f"The server sent more than the range asked for {f.path}")
-                    with write_lock:
-                        _write_all(out, view)
-                    pos += len(view)
-                    self.bar.advance(len(view))
+            def on_start(status: int) -> None:
+                if status != 206:  # before a byte is written where it does not belong
+                    raise ConnectionFailed(f"The server did not answer a range request for {f.path}")
 
-                def on_start(status: int) -> None:
-                    if status != 206:  # before a byte is written where it does not belong
-                        raise ConnectionFailed(f"The server did not answer a range request for {f.path}")
+            try:
+                with memoryview(buf) as whole:
+                    self.client.get_into(
+                        url,
+                        sink,
+                        {"Range": f"bytes={start}-{end - 1}"},
+                        on_start=on_start,
+                        into=whole[: end - start],
+                    )
+                if start + got != end:
+                    raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
+                with memoryview(buf) as whole:
+                    directio.write_at(fd, direct_fd, whole[:got], start)
+                # Not fsynced, as no download tool does: after a power cut, a range that .part.done
+                # lists but the disk lost fails the final sha256 check, which discards the file.
+                with marks_lock, done_file.open("a") as marks:
+                    marks.write(f"{start}\n")
+            except BaseException:
+                order.fail(buf)
+                raise
+            order.arrived(start, buf, got)
 
-                self.client.get_into(url, sink, {"Range": f"bytes={start}-{end - 1}"}, on_start=on_start)
-            # Not fsynced, as no download tool does: a killed process loses nothing (the page cache
-            # keeps what it wrote), and after a power cut a range that .part.done lists but the disk
-            # lost fails the final sha256 check, which discards the file. Syncing each range made the
-            # CLI wait for the disk: 3.2 s against 2.1-2.5 s for 2 GiB here.
-            if pos != end:
-                raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
-            with lock, done_file.open("a") as marks:
-                marks.write(f"{start}\n")
-            with arrived:
-                complete.add(start)
-                arrived.notify_all()
-
-        hasher = threading.Thread(target=hash_in_order, daemon=True)
-        hasher.start()
         try:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
-                transfer.wait_all(
-                    [pool.submit(fetch, start, end) for start, end in ranges if start not in done]
-                )
-        except BaseException:
-            failed.set()
-            raise
+                futures = []
+                for start, end in ranges:
+                    if start in done:
+                        continue
+                    buf = order.take()  # in range order: waits while parallel + 2 are in use
+                    if buf is None:
+                        break  # a range failed
+                    futures.append(pool.submit(fetch, start, end, buf))
+                transfer.wait_all(futures)
+            digest = order.digest()
         finally:
-            with arrived:
-                arrived.notify_all()
-            hasher.join()
-        result = self._finish(f, part, target, digest.hexdigest())
+            order.close()
+            if direct_fd is not None:
+                os.close(direct_fd)
+            os.close(fd)
+        result = self._finish(f, part, target, digest)
         done_file.unlink(missing_ok=True)
         return result
 
@@ -268,3 +261,107 @@ def _write_all(out: BinaryIO, view: memoryview) -> None:
     while view:
         n = out.write(view)
         view = view[n:]
+
+
+class _InOrder:
+    """The sha256 of a file whose ranges arrive out of order, each in a buffer of its own.
+
+    A range is hashed from its buffer once every range before it is hashed; ranges that arrived in an
+    earlier run (``done``) are read back from the file. Buffers come from here, in range order.
+    """
+
+    def __init__(self, starts: list[int], size: int, done: set[int], path: Path, parallel: int):
+        self.starts = starts
+        self.size = size
+        self.done = done
+        self.path = path
+        self.sha = hashlib.sha256()
+        self.next = 0  # index in starts of the next range to hash
+        self.ready: dict[int, tuple[mmap.mmap, int]] = {}
+        self.cond = threading.Condition()
+        self.hashing = False
+        self.failed = False
+        self.free: list[mmap.mmap] = []
+        self.made = 0
+        self.most = parallel + 2
+
+    def take(self) -> mmap.mmap | None:
+        """A free buffer (waiting for one while ``most`` are in use); None once a range failed."""
+        with self.cond:
+            while not self.free and self.made >= self.most and not self.failed:
+                self.cond.wait()
+            if self.failed:
+                return None
+            if self.free:
+                return self.free.pop()
+            self.made += 1
+        return mmap.mmap(-1, RANGE_SIZE)
+
+    def fail(self, buf: mmap.mmap) -> None:
+        with self.cond:
+            self.failed = True
+            self.free.append(buf)
+            self.cond.notify_all()
+
+    def arrived(self, start: int, buf: mmap.mmap, length: int) -> None:
+        """Range ``start`` is written; hash what can be hashed now (unless another thread is at it)."""
+        with self.cond:
+            self.ready[start] = (buf, length)
+            if self.hashing:
+                return  # that thread sees this range before it stops (it decides under the lock)
+            self.hashing = True
+        self._drain()
+
+    def _drain(self) -> None:
+        """Hash ranges in order while they are there; the caller has set ``hashing``, which this
+        clears when it stops."""
+        try:
+            while True:
+                with self.cond:
+                    start = self.starts[self.next] if self.next < len(self.starts) else None
+                    entry = self.ready.pop(start, None) if start is not None else None
+                    if start is None or self.failed or (entry is None and start not in self.done):
+                        self.hashing = False  # the thread that brings the next range goes on
+                        self.cond.notify_all()
+                        return
+                if entry is None:  # arrived in an earlier run: read it back
+                    end = self.starts[self.next + 1] if self.next + 1 < len(self.starts) else self.size
+                    for view in directio.read_range(
+                        self.path, start, end - start, directio.BUFFERS, directio.io_pool()
+                    ):
+                        self.sha.update(view)
+                else:
+                    buf, length = entry
+                    with memoryview(buf) as whole:
+                        self.sha.update(whole[:length])
+                with self.cond:
+                    if entry is not None:
+                        self.free.append(entry[0])
+                    self.next += 1
+                    self.cond.notify_all()
+        except BaseException:
+            with self.cond:
+                self.hashing = False
+                self.failed = True
+                self.cond.notify_all()
+            raise
+
+    def digest(self) -> str:
+        """The file's sha256, once every range arrived (hashing what is left on this thread)."""
+        with self.cond:
+            while self.hashing:
+                self.cond.wait()
+            self.hashing = True
+        self._drain()
+        if self.next != len(self.starts):
+            raise IntegrityError(f"{self.path.name}: a range did not arrive; run the download again")
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        with self.cond:
+            self.failed = True
+            bufs = self.free + [buf for buf, _ in self.ready.values()]
+            self.free, self.ready = [], {}
+            self.cond.notify_all()
+        for buf in bufs:
+            buf.close()
