@@ -15,8 +15,10 @@ unaligned ends of a range go through the page cache instead. Where a file system
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import hashlib
 import mmap
 import os
 import threading
@@ -68,13 +70,18 @@ class Buffers:
 
 
 class RangeWriter:
-    """Writes the bytes of ``[offset, offset + size)`` of one file as they come, in any pieces.
+    """Writes the bytes of ``[offset, offset + size)`` of one file as they come, in any pieces, and
+    hashes them into ``digest`` (when given) in order.
 
-    The aligned middle is gathered into aligned buffers and written with ``O_DIRECT`` on an I/O thread,
-    one write in flight while the next buffer fills; the unaligned ends go through the page cache.
-    ``pwrite`` does every write (the store's, which takes its locks). Without a direct descriptor
-    every piece is written through the page cache as it comes.
+    The aligned middle is gathered into aligned buffers; each full buffer is written with
+    ``O_DIRECT`` on an I/O thread and hashed on a thread of this writer's own, while the next buffer
+    fills (at most IN_FLIGHT buffers at once), so receiving, hashing and writing overlap. The
+    unaligned ends go through the page cache. ``pwrite`` does every write (the store's, which takes
+    its locks). Without a direct descriptor every piece is written through the page cache, and
+    hashed, as it comes.
     """
+
+    IN_FLIGHT = 3
 
     def __init__(
         self,
@@ -85,55 +92,60 @@ class RangeWriter:
         pwrite: Pwrite,
         buffers: Buffers,
         io: ThreadPoolExecutor,
+        digest: hashlib._Hash | None = None,
     ):
         self.fd, self.direct_fd = fd, direct_fd
         self.pos = offset  # file offset of the next byte
         self.pwrite = pwrite
         self.buffers, self.io = buffers, io
+        self.digest = digest
+        # One thread per writer hashes the pieces in the order they were handed to it.
+        self.hasher = ThreadPoolExecutor(1, "hash") if digest is not None and direct_fd is not None else None
         self.lo = -(-offset // ALIGN) * ALIGN  # the direct middle: [lo, hi)
         self.hi = max(self.lo, (offset + size) // ALIGN * ALIGN)
         self.buf: mmap.mmap | None = None
         self.filled = 0  # bytes in buf, which start at file offset pos - filled
-        self.flying: tuple[Future[None], mmap.mmap] | None = None
+        self.flying: collections.deque[tuple[list[Future[None]], mmap.mmap]] = collections.deque()
 
     def write(self, chunk: bytes | memoryview) -> None:
         view = memoryview(chunk).cast("B")
         while view:
-            if self.direct_fd is None or self.pos >= self.hi:
-                n = len(view)  # through the page cache: no direct I/O, or the unaligned tail
-            elif self.pos < self.lo:
-                n = min(len(view), self.lo - self.pos)  # the unaligned head
-            else:
-                if self.buf is None:
-                    self.buf, self.filled = self.buffers.take(), 0
-                n = min(len(view), CHUNK - self.filled, self.hi - self.pos)
-                self.buf[self.filled : self.filled + n] = view[:n]
-                self.filled += n
+            if self.direct_fd is None or self.pos >= self.hi or self.pos < self.lo:
+                # Through the page cache: no direct I/O, or the unaligned head or tail.
+                n = min(len(view), self.lo - self.pos) if self.pos < self.lo else len(view)
+                if self.direct_fd is not None and self.flying:
+                    self._land_all()  # the tail: after the middle, so that it is hashed after it
+                self._write_all(self.fd, view[:n], self.pos)
+                self._hash(view[:n])
                 self.pos += n
                 view = view[n:]
-                if self.filled == CHUNK or self.pos == self.hi:
-                    self._flush()
                 continue
-            self._write_all(self.fd, view[:n], self.pos)
+            if self.buf is None:
+                self.buf, self.filled = self.buffers.take(), 0
+            n = min(len(view), CHUNK - self.filled, self.hi - self.pos)
+            self.buf[self.filled : self.filled + n] = view[:n]
+            self.filled += n
             self.pos += n
             view = view[n:]
+            if self.filled == CHUNK or self.pos == self.hi:
+                self._flush()
 
     def close(self) -> None:
-        """Write what is buffered, wait for the writes in flight (re-raising their error) and
-        return the buffers."""
+        """Write what is buffered, wait for the writes and hashing in flight (re-raising their
+        error) and return the buffers."""
         try:
             if self.buf is not None and self.filled:
                 self._flush()
-            self._land()
+            self._land_all()
         finally:
             self._give_back()
 
     def abort(self) -> None:
-        """Drop what is buffered and wait for the write in flight, ignoring its error (the one that
+        """Drop what is buffered and wait for the work in flight, ignoring its errors (the one that
         aborted matters)."""
         try:
             with contextlib.suppress(Exception):
-                self._land()
+                self._land_all()
         finally:
             self._give_back()
 
@@ -141,22 +153,47 @@ class RangeWriter:
         if self.buf is not None:
             self.buffers.give(self.buf)
             self.buf = None
+        if self.hasher is not None:
+            self.hasher.shutdown(wait=True)
+
+    def _hash(self, view: memoryview) -> None:
+        if self.digest is None:
+            return
+        if self.hasher is None:
+            self.digest.update(view)
+        else:  # after the buffers handed to the hashing thread before it (and done before view goes)
+            self.hasher.submit(self.digest.update, view).result()
 
     def _flush(self) -> None:
         assert self.buf is not None and self.direct_fd is not None
-        self._land()
+        if len(self.flying) >= self.IN_FLIGHT:
+            self._land_one()
         buf, start, length = self.buf, self.pos - self.filled, self.filled
         self.buf = None
-        self.flying = (self.io.submit(self._write_direct, buf, start, length), buf)
+        work = [self.io.submit(self._write_direct, buf, start, length)]
+        if self.hasher is not None and self.digest is not None:
+            work.append(self.hasher.submit(self._hash_buffer, buf, length))
+        self.flying.append((work, buf))
 
-    def _land(self) -> None:
-        if self.flying is not None:
-            future, buf = self.flying
-            self.flying = None
-            try:
+    def _hash_buffer(self, buf: mmap.mmap, length: int) -> None:
+        assert self.digest is not None
+        with memoryview(buf) as whole:
+            self.digest.update(whole[:length])
+
+    def _land_one(self) -> None:
+        work, buf = self.flying.popleft()
+        try:
+            for future in work:
                 future.result()
-            finally:
-                self.buffers.give(buf)
+        finally:
+            for future in work:  # the buffer is free only once nothing uses it
+                with contextlib.suppress(Exception):
+                    future.result()
+            self.buffers.give(buf)
+
+    def _land_all(self) -> None:
+        while self.flying:
+            self._land_one()
 
     def _write_direct(self, buf: mmap.mmap, start: int, length: int) -> None:
         assert self.direct_fd is not None

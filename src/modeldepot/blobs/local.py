@@ -478,7 +478,10 @@ class LocalBlobStore:
                             raise StorageFull("The blob store's disk is full") from exc
                         raise
 
-            writer = directio.RangeWriter(fd, direct_fd, offset, size, pwrite, self._buffers, self._io)
+            # The writer hashes the part into the running hash as it goes (on a thread of its own).
+            writer = directio.RangeWriter(
+                fd, direct_fd, offset, size, pwrite, self._buffers, self._io, digest=inline
+            )
             try:
                 for chunk in chunks:
                     if got + len(chunk) > size:
@@ -487,8 +490,6 @@ class LocalBlobStore:
                     got += len(chunk)
                     if digest is not None:
                         digest.update(chunk)
-                    if inline is not None:
-                        inline.update(chunk)
                 if got != size:
                     raise IntegrityError(f"Part {number} has {got} bytes, expected {size}; send it again")
                 writer.close()
