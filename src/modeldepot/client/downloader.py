@@ -172,7 +172,7 @@ class Downloader:
 
         Each range is received into a buffer of its own, written at its offset (around the page
         cache where the file system allows it, see ``directio``), and hashed from that buffer once
-        every range before it is hashed, by whichever fetch thread completes the next range; so the
+        every range before it is hashed, by a thread of its own while the fetches go on; so the
         file is neither read back nor copied into the page cache. Buffers are handed out in range
         order, at most ``parallel + 2`` at once (96 MiB with the default 4 connections), so the next
         range to hash always has one.
@@ -266,8 +266,9 @@ def _write_all(out: BinaryIO, view: memoryview) -> None:
 class _InOrder:
     """The sha256 of a file whose ranges arrive out of order, each in a buffer of its own.
 
-    A range is hashed from its buffer once every range before it is hashed; ranges that arrived in an
-    earlier run (``done``) are read back from the file. Buffers come from here, in range order.
+    A thread of its own hashes each range from its buffer once every range before it is hashed (the
+    fetch threads go on fetching meanwhile); ranges that arrived in an earlier run (``done``) are read
+    back from the file. Buffers come from here, in range order.
     """
 
     def __init__(self, starts: list[int], size: int, done: set[int], path: Path, parallel: int):
@@ -279,11 +280,14 @@ class _InOrder:
         self.next = 0  # index in starts of the next range to hash
         self.ready: dict[int, tuple[mmap.mmap, int]] = {}
         self.cond = threading.Condition()
-        self.hashing = False
         self.failed = False
+        self.last_arrived = False  # no more ranges will come
+        self.error: BaseException | None = None
         self.free: list[mmap.mmap] = []
         self.made = 0
         self.most = parallel + 2
+        self.thread = threading.Thread(target=self._run, name="hash-in-order", daemon=True)
+        self.thread.start()
 
     def take(self) -> mmap.mmap | None:
         """A free buffer (waiting for one while ``most`` are in use); None once a range failed."""
@@ -304,26 +308,25 @@ class _InOrder:
             self.cond.notify_all()
 
     def arrived(self, start: int, buf: mmap.mmap, length: int) -> None:
-        """Range ``start`` is written; hash what can be hashed now (unless another thread is at it)."""
+        """Range ``start`` is written: the hashing thread takes it from here."""
         with self.cond:
             self.ready[start] = (buf, length)
-            if self.hashing:
-                return  # that thread sees this range before it stops (it decides under the lock)
-            self.hashing = True
-        self._drain()
+            self.cond.notify_all()
 
-    def _drain(self) -> None:
-        """Hash ranges in order while they are there; the caller has set ``hashing``, which this
-        clears when it stops."""
+    def _run(self) -> None:
         try:
             while True:
                 with self.cond:
-                    start = self.starts[self.next] if self.next < len(self.starts) else None
-                    entry = self.ready.pop(start, None) if start is not None else None
-                    if start is None or self.failed or (entry is None and start not in self.done):
-                        self.hashing = False  # the thread that brings the next range goes on
-                        self.cond.notify_all()
-                        return
+                    while True:
+                        if self.next >= len(self.starts) or self.failed:
+                            return
+                        start = self.starts[self.next]
+                        entry = self.ready.pop(start, None)
+                        if entry is not None or start in self.done:
+                            break
+                        if self.last_arrived:
+                            return  # a range never came: digest() says so
+                        self.cond.wait()
                 if entry is None:  # arrived in an earlier run: read it back
                     end = self.starts[self.next + 1] if self.next + 1 < len(self.starts) else self.size
                     for view in directio.read_range(
@@ -339,20 +342,20 @@ class _InOrder:
                         self.free.append(entry[0])
                     self.next += 1
                     self.cond.notify_all()
-        except BaseException:
+        except BaseException as exc:  # handed to digest()
             with self.cond:
-                self.hashing = False
+                self.error = exc
                 self.failed = True
                 self.cond.notify_all()
-            raise
 
     def digest(self) -> str:
-        """The file's sha256, once every range arrived (hashing what is left on this thread)."""
+        """The file's sha256, once every range arrived."""
         with self.cond:
-            while self.hashing:
-                self.cond.wait()
-            self.hashing = True
-        self._drain()
+            self.last_arrived = True
+            self.cond.notify_all()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
         if self.next != len(self.starts):
             raise IntegrityError(f"{self.path.name}: a range did not arrive; run the download again")
         return self.sha.hexdigest()
@@ -360,8 +363,10 @@ class _InOrder:
     def close(self) -> None:
         with self.cond:
             self.failed = True
+            self.cond.notify_all()
+        self.thread.join()
+        with self.cond:
             bufs = self.free + [buf for buf, _ in self.ready.values()]
             self.free, self.ready = [], {}
-            self.cond.notify_all()
         for buf in bufs:
             buf.close()
