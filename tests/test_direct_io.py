@@ -9,6 +9,7 @@ parts before it are in, with a fallback to reading back from disk whenever that 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 from collections.abc import Iterator
@@ -42,10 +43,23 @@ def parts_of(data: bytes, part_size: int) -> list[tuple[int, int, bytes]]:
     return [(i // part_size + 1, i, data[i : i + part_size]) for i in range(0, len(data), part_size)]
 
 
+def send(store: LocalBlobStore, via: str, staging_id: str, number: int, offset: int, chunk: bytes) -> None:
+    """A part as the API hands it over (pieces) or as the data plane does (read from the socket into
+    the store's buffers; a socket gives what it has, here at most 777 KiB + 3 at a time)."""
+    if via == "chunks":
+        store.write_part(staging_id, number, offset, len(chunk), pieces(chunk, 777 * 1024 + 3), None)
+        return
+    source = io.BytesIO(chunk)
+    store.receive_part(
+        staging_id, number, offset, len(chunk), lambda v: source.readinto(v[: 777 * 1024 + 3]), None
+    )
+
+
+@pytest.mark.parametrize("via", ["chunks", "readinto"])
 @pytest.mark.parametrize("order", ["in-order", "reversed", "shuffled"])
 @pytest.mark.parametrize("part_size", [4 * MiB, MiB + 1000], ids=["aligned", "unaligned"])
 def test_parts_in_any_order_and_at_any_offset_make_the_blob(
-    store: LocalBlobStore, order: str, part_size: int
+    store: LocalBlobStore, order: str, part_size: int, via: str
 ) -> None:
     data = os.urandom(3 * part_size + 4321)
     parts = parts_of(data, part_size)
@@ -55,8 +69,7 @@ def test_parts_in_any_order_and_at_any_offset_make_the_blob(
         random.Random(7).shuffle(parts)
     staging_id = store.begin_staging(len(data))
     for number, offset, chunk in parts:
-        # Pieces of odd sizes, as a socket hands them over.
-        store.write_part(staging_id, number, offset, len(chunk), pieces(chunk, 777 * 1024 + 3), None)
+        send(store, via, staging_id, number, offset, chunk)
     store.finish_staging(staging_id, sha(data), len(data))
     assert b"".join(store.read(sha(data))) == data
     assert store.staging_ids() == []
@@ -113,6 +126,8 @@ def test_a_part_refused_on_the_way_leaves_the_running_hash_as_it_was(store: Loca
     for short in (first[:100], first[: MiB + 5]):  # less than a block; whole blocks and a bit
         with pytest.raises(IntegrityError, match="expected"):
             store.write_part(staging_id, 1, 0, len(first), [short], None)
+        with pytest.raises(IntegrityError, match="expected"):  # the body ends early
+            store.receive_part(staging_id, 1, 0, len(first), io.BytesIO(short).readinto, None)
     with pytest.raises(IntegrityError, match="sha256 mismatch"):
         store.write_part(staging_id, 1, 0, len(first), [first[:-1] + b"?"], sha(first))
     store.write_part(staging_id, 1, 0, len(first), pieces(first, 300_001), sha(first))

@@ -66,7 +66,8 @@ class Buffers:
             if len(self._free) < self._keep:
                 self._free.append(buf)
                 return
-        buf.close()
+        with contextlib.suppress(BufferError):  # a view of it still exists: freed with the last one
+            buf.close()
 
 
 class RangeWriter:
@@ -105,6 +106,7 @@ class RangeWriter:
         self.hi = max(self.lo, (offset + size) // ALIGN * ALIGN)
         self.buf: mmap.mmap | None = None
         self.filled = 0  # bytes in buf, which start at file offset pos - filled
+        self.scratch: mmap.mmap | None = None  # receive()'s buffer for what is not written directly
         self.flying: collections.deque[tuple[list[Future[None]], mmap.mmap]] = collections.deque()
 
     def write(self, chunk: bytes | memoryview) -> None:
@@ -130,6 +132,35 @@ class RangeWriter:
             if self.filled == CHUNK or self.pos == self.hi:
                 self._flush()
 
+    def receive(self, readinto: Callable[[memoryview], int], limit: int) -> memoryview:
+        """Read at most ``limit`` bytes with ``readinto`` straight into the buffer they are written
+        from, and write them (as ``write`` does, without copying the bytes); return a view of them,
+        valid until the next call (empty at the end of the source)."""
+        if self.direct_fd is None or not self.lo <= self.pos < self.hi:
+            if self.scratch is None:
+                self.scratch = self.buffers.take()
+            n = min(
+                limit,
+                CHUNK,
+                self.lo - self.pos if self.direct_fd is not None and self.pos < self.lo else CHUNK,
+            )
+            with memoryview(self.scratch) as whole:
+                got = readinto(whole[:n])
+            view = memoryview(self.scratch)[:got]
+            self.write(view)
+            return view
+        if self.buf is None:
+            self.buf, self.filled = self.buffers.take(), 0
+        n = min(limit, CHUNK - self.filled, self.hi - self.pos)
+        view = memoryview(self.buf)[self.filled : self.filled + n]
+        got = readinto(view)
+        view = view[:got]
+        self.filled += got
+        self.pos += got
+        if got and (self.filled == CHUNK or self.pos == self.hi):
+            self._flush()  # the bytes stay where they are until the write and the hash are done
+        return view
+
     def close(self) -> None:
         """Write what is buffered, wait for the writes and hashing in flight (re-raising their
         error) and return the buffers."""
@@ -153,6 +184,9 @@ class RangeWriter:
         if self.buf is not None:
             self.buffers.give(self.buf)
             self.buf = None
+        if self.scratch is not None:
+            self.buffers.give(self.scratch)
+            self.scratch = None
         if self.hasher is not None:
             self.hasher.shutdown(wait=True)
 

@@ -438,6 +438,47 @@ class LocalBlobStore:
         been hashed already (parts sent one after the other, see ``parts_in_order``); finishing then
         reads nothing back.
         """
+
+        def feed(writer: directio.RangeWriter) -> Iterator[bytes | memoryview]:
+            got = 0
+            for chunk in chunks:
+                if got + len(chunk) > size:
+                    raise IntegrityError(f"Part {number} is larger than its {size} bytes")
+                writer.write(chunk)
+                got += len(chunk)
+                yield chunk
+
+        self._write_part(staging_id, number, offset, size, feed, sha256)
+
+    def receive_part(
+        self,
+        staging_id: str,
+        number: int,
+        offset: int,
+        size: int,
+        readinto: Callable[[memoryview], int],
+        sha256: str | None,
+    ) -> None:
+        """``write_part`` from a source read with ``readinto`` (a socket's), straight into the buffers
+        the part is written from: the data plane's way, one copy of each byte fewer."""
+
+        def feed(writer: directio.RangeWriter) -> Iterator[memoryview]:
+            left = size
+            while left and (view := writer.receive(readinto, left)):
+                left -= len(view)
+                yield view
+
+        self._write_part(staging_id, number, offset, size, feed, sha256)
+
+    def _write_part(
+        self,
+        staging_id: str,
+        number: int,
+        offset: int,
+        size: int,
+        feed: Callable[[directio.RangeWriter], Iterator[bytes | memoryview]],
+        sha256: str | None,
+    ) -> None:
         area = self._staging(staging_id)
         with self._ahead_lock:
             state = self._ahead.setdefault(staging_id, _HashAhead())
@@ -483,10 +524,7 @@ class LocalBlobStore:
                 fd, direct_fd, offset, size, pwrite, self._buffers, self._io, digest=inline
             )
             try:
-                for chunk in chunks:
-                    if got + len(chunk) > size:
-                        raise IntegrityError(f"Part {number} is larger than its {size} bytes")
-                    writer.write(chunk)
+                for chunk in feed(writer):  # each piece written (and hashed) as it comes
                     got += len(chunk)
                     if digest is not None:
                         digest.update(chunk)

@@ -5,8 +5,8 @@ presigned URLs, and the API server only signs and verifies. This module gives th
 the same shape: a small threaded HTTP/1.1 server (the standard library's ``http.server``) that does
 nothing but
 
-- ``PUT /parts/<token>``: one part of a large upload, read with ``readinto`` into a reused buffer and
-  written with ``pwrite`` at its offset (the store hashes the parts in order on a thread of its own);
+- ``PUT /parts/<token>``: one part of a large upload, read with ``readinto`` straight into the aligned
+  buffers the store writes it from at its offset (``LocalBlobStore.receive_part``), and hashed;
 - ``GET|HEAD /blobs/<token>``: one blob, with Range and the sha256 ETag, sent with ``sendfile``.
 
 The token is an HMAC-signed, expiring claim (:mod:`modeldepot.services.signing`) bound to the method
@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -188,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             part_sha = self.headers.get("X-Part-Sha256")
             digest = validation.sha256(part_sha) if part_sha is not None else None
-            self.server.plane.store.write_part(staging_id, number, offset, size, self._body(length), digest)
+            self.server.plane.store.receive_part(staging_id, number, offset, size, self._readinto, digest)
         except ModeldepotError as exc:
             self._problem(exc, self._unread)
             return
@@ -200,17 +199,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def _body(self, length: int) -> Iterator[memoryview]:
-        """The request body in pieces of a reused buffer; each piece is consumed before the next read."""
-        buf = memoryview(bytearray(BUFFER))
-        left = length
-        while left:
-            n = self.rfile.readinto(buf[: min(BUFFER, left)])
-            if not n:
-                raise IntegrityError(f"The body ended {left} bytes short; send the part again")
-            left -= n
-            self._unread = left
-            yield buf[:n]
+    def _readinto(self, view: memoryview) -> int:
+        """Read the request body into ``view`` (at most what is left of it), keeping count."""
+        n = self.rfile.readinto(view[: self._unread])
+        self._unread = (self._unread or 0) - n
+        return n
 
     # -- GET|HEAD /blobs/<token> ---------------------------------------------------------------------
 
