@@ -145,3 +145,12 @@ def test_read_range_at_odd_boundaries(tmp_path: Path, start: int, length: int) -
         bytes(v) for v in directio.read_range(path, start, length, directio.BUFFERS, directio.io_pool())
     )
     assert got == data[start : start + length]  # stops at the end of the file
+
+
+def test_a_part_for_an_area_that_is_gone_leaves_nothing_behind(store: LocalBlobStore) -> None:
+    staging_id = store.begin_staging(MiB)
+    store.abort_staging(staging_id)
+    for _ in range(3):
+        with pytest.raises(IntegrityError, match="no longer exists"):
+            store.write_part(staging_id, 1, 0, MiB, [b"x" * MiB], None)
+    assert store._ahead == {} and store._write_locks == {}  # no state kept per request that failed

@@ -4,9 +4,8 @@ Parts of a large upload are written, and read back for hashing, around the page 
 buffers straight to the disk and back. Measured on the 2-core VM of docs/benchmarks.md, 2 GiB written
 in 8 MiB pieces and fdatasynced took 0.1 s of CPU at 920-1,400 MB/s with ``O_DIRECT``, against 5.3-8.4 s
 of CPU at 220-320 MB/s through the page cache (copying into fresh page-cache pages is what costs; every
-large write pays it, and it was half the server's CPU in an upload). Serving a blob that is not in the
-page cache with ``sendfile`` paid the same: 180-290 MB/s and 6-10 s of CPU, against 800-1,000 MB/s
-read directly. MinIO writes large objects with ``O_DIRECT`` for the same reasons.
+large write pays it, and it was half the server's CPU in an upload). The SDK's downloads of large
+files paid it too. MinIO writes large objects with ``O_DIRECT`` for the same reasons.
 
 Direct I/O needs the buffer, the file offset and the length aligned to the device's block size; the
 unaligned ends of a range go through the page cache instead. Where a file system refuses

@@ -494,6 +494,10 @@ class LocalBlobStore:
             fd = os.open(area / "data", os.O_WRONLY)
         except FileNotFoundError:
             state.end(number, claimed, None)
+            with self._ahead_lock:  # no state left behind for an area that is gone
+                if self._ahead.get(staging_id) is state and not state.writing:
+                    del self._ahead[staging_id]
+                self._write_locks.pop(staging_id, None)
             raise gone from None
         direct_fd = directio.open_direct(area / "data", os.O_WRONLY) if self.direct_io else None
         try:
