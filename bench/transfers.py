@@ -25,7 +25,9 @@ the ratios, the CPU time each process spent, and the targets of the issue, met o
 
 MLflow comes from the ``bench`` extra (``pip install -e ".[bench]"``). Work files (about 5x --size-mib)
 go to a temporary directory under --work-dir (default: the system's temp directory) and are removed at
-the end, also on Ctrl-C. The page cache cannot be dropped here: the data is in it for every tool alike.
+the end, also on Ctrl-C. The page cache cannot be dropped here: the source data is in it for every
+tool alike. What a server stored is in it too, except a large file modeldepot's local store wrote
+around the page cache (O_DIRECT): its 2 GiB download reads that from the disk.
 
 On a shared machine: before each measurement the benchmark writes back dirty pages and waits for the
 rest of the machine to idle (at most --wait-quiet seconds in all); each measurement records the CPU the
@@ -1179,8 +1181,10 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {GATE.started_busy} started on a busy one (budget spent)" if GATE.started_busy else "")
     )
     notes += [
-        "the page cache cannot be dropped here: the source data (and what each server stored) is in it "
-        "for both tools equally; uploads and downloads are from and to the same disk",
+        "the page cache cannot be dropped here: the source data is in it for every tool alike, and so is "
+        "what each server stored, except the 2 GiB file modeldepot's local store wrote around the page "
+        "cache (O_DIRECT): its download reads that from the disk; uploads and downloads are from and to "
+        "the same disk",
         f"modeldepot times are whole CLI runs (start-up alone {startup:.2f} s, hashing included); MLflow "
         "times are the log_artifact(s) / download_artifacts call only (no import, no run start/end)",
         "modeldepot's re-upload sends no bytes (its content is on the server already); MLflow's sends them all",
