@@ -141,9 +141,7 @@ def test_read_range_at_odd_boundaries(tmp_path: Path, start: int, length: int) -
     data = os.urandom(9 * MiB + 5000)
     path = tmp_path / "f"
     path.write_bytes(data)
-    got = b"".join(
-        bytes(v) for v in directio.read_range(path, start, length, directio.BUFFERS, directio.io_pool())
-    )
+    got = b"".join(bytes(v) for v in directio.read_range(path, start, length))
     assert got == data[start : start + length]  # stops at the end of the file
 
 

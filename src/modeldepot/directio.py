@@ -90,14 +90,12 @@ class RangeWriter:
         offset: int,
         size: int,
         pwrite: Pwrite,
-        buffers: Buffers,
-        io: ThreadPoolExecutor,
         digest: hashlib._Hash | None = None,
     ):
         self.fd, self.direct_fd = fd, direct_fd
         self.pos = offset  # file offset of the next byte
         self.pwrite = pwrite
-        self.buffers, self.io = buffers, io
+        self.buffers, self.io = BUFFERS, io_pool()
         self.digest = digest
         # One thread per writer hashes the pieces in the order they were handed to it.
         self.hasher = ThreadPoolExecutor(1, "hash") if digest is not None and direct_fd is not None else None
@@ -229,38 +227,28 @@ class RangeWriter:
             self._land_one()
 
     def _write_direct(self, buf: mmap.mmap, start: int, length: int) -> None:
-        assert self.direct_fd is not None
-        view = memoryview(buf)[:length]
-        try:
-            done, whole = 0, length // ALIGN * ALIGN  # less than a block: the end of the range
-            while done < whole:
-                n = self.pwrite(self.direct_fd, view[done:whole], start + done)
-                done += n
-                if n % ALIGN:  # a short, unaligned write (it happens only near a full disk)
-                    break
-            self._write_all(self.fd, view[done:], start + done)
-        finally:
-            view.release()
+        with memoryview(buf) as whole:
+            write_at(self.fd, self.direct_fd, whole[:length], start, self.pwrite)
 
     def _write_all(self, fd: int, view: memoryview, pos: int) -> None:
-        while view:
-            n = self.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
+        write_at(fd, None, view, pos, self.pwrite)
 
 
-def write_at(fd: int, direct_fd: int | None, view: memoryview, offset: int) -> None:
+def write_at(
+    fd: int, direct_fd: int | None, view: memoryview, offset: int, pwrite: Pwrite = os.pwrite
+) -> None:
     """Write ``view`` at ``offset``: its whole blocks with ``direct_fd`` when there is one and both the
     offset and the view's memory are aligned (an anonymous map's are), the rest through ``fd``."""
     done = 0
     if direct_fd is not None and offset % ALIGN == 0:
         whole = len(view) // ALIGN * ALIGN
         while done < whole:
-            n = os.pwrite(direct_fd, view[done:whole], offset + done)
+            n = pwrite(direct_fd, view[done:whole], offset + done)
             done += n
             if n % ALIGN:
                 break  # a short, unaligned write (near a full disk): the rest through the page cache
     while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+        done += pwrite(fd, view[done:], offset + done)
 
 
 BUFFERS = Buffers()
@@ -277,9 +265,7 @@ def io_pool() -> ThreadPoolExecutor:
         return _io
 
 
-def read_range(
-    path: str | os.PathLike[str], start: int, length: int, buffers: Buffers, io: ThreadPoolExecutor
-) -> Iterator[memoryview]:
+def read_range(path: str | os.PathLike[str], start: int, length: int) -> Iterator[memoryview]:
     """The bytes ``[start, start + length)`` of a file, read around the page cache where possible,
     the next piece read on an I/O thread while the caller uses this one. Each view is valid until the
     next is asked for. Stops early at the end of the file."""
@@ -287,6 +273,7 @@ def read_range(
     fd = direct if direct is not None else os.open(path, os.O_RDONLY)
     first = start // ALIGN * ALIGN if direct is not None else start
     end = start + length
+    buffers, io = BUFFERS, io_pool()
     bufs = [buffers.take(), buffers.take()]
 
     def read(buf: mmap.mmap, pos: int) -> int:

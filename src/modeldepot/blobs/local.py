@@ -209,8 +209,6 @@ class LocalBlobStore:
         # The store hashes a part as it arrives when the parts before it are hashed: a client does
         # best to send a blob's parts one after the other.
         self.parts_in_order = True
-        self._buffers = directio.BUFFERS
-        self._io = directio.io_pool()
         # Names of temporary files: random per store, then counted (O_EXCL still guards against a clash);
         # a random name each would cost a getrandom call per file, which shows with thousands of them.
         self.tmp_prefix = secrets.token_hex(6)
@@ -524,9 +522,7 @@ class LocalBlobStore:
                         raise
 
             # The writer hashes the part into the running hash as it goes (on a thread of its own).
-            writer = directio.RangeWriter(
-                fd, direct_fd, offset, size, pwrite, self._buffers, self._io, digest=inline
-            )
+            writer = directio.RangeWriter(fd, direct_fd, offset, size, pwrite, digest=inline)
             try:
                 for chunk in feed(writer):  # each piece written (and hashed) as it comes
                     got += len(chunk)
@@ -581,14 +577,9 @@ class LocalBlobStore:
                     size = int((area / "parts" / str(state.next_part)).read_text() or -1)
                 except (FileNotFoundError, ValueError):
                     size = -1
-                with state.cond:
-                    if state.inline == state.next_part:
-                        size = -1  # being hashed as it arrives
                 if size >= 0:
                     end = state.hashed + size
-                    for view in directio.read_range(
-                        area / "data", state.hashed, size, self._buffers, self._io
-                    ):
+                    for view in directio.read_range(area / "data", state.hashed, size):
                         if state.closed or not state.valid:
                             return  # finishing goes on from state.hashed
                         state.digest.update(view)
@@ -637,7 +628,7 @@ class LocalBlobStore:
         else:
             digest, got = hashlib.sha256(), 0
         try:
-            for view in directio.read_range(data, got, max(0, size - got) + 1, self._buffers, self._io):
+            for view in directio.read_range(data, got, max(0, size - got) + 1):
                 digest.update(view)
                 got += len(view)
         except FileNotFoundError:

@@ -181,7 +181,6 @@ class Bulk:
             if response.status not in (200, 206):
                 response.read()
                 return response.status, response
-            buf = memoryview(bytearray(BUFFER)) if into is None else into
             try:
                 if on_start is not None:
                     on_start(response.status)
@@ -192,8 +191,10 @@ class Bulk:
                         got += n
                     if response.read(1):
                         raise ConnectionFailed(f"{urlsplit(url).netloc} sent more than was asked for")
-                while into is None and (n := response.readinto(buf)):
-                    sink(buf[:n])
+                else:
+                    buf = memoryview(bytearray(BUFFER))
+                    while n := response.readinto(buf):
+                        sink(buf[:n])
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(url)
                 raise ConnectionFailed(

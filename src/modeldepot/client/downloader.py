@@ -329,9 +329,7 @@ class _InOrder:
                         self.cond.wait()
                 if entry is None:  # arrived in an earlier run: read it back
                     end = self.starts[self.next + 1] if self.next + 1 < len(self.starts) else self.size
-                    for view in directio.read_range(
-                        self.path, start, end - start, directio.BUFFERS, directio.io_pool()
-                    ):
+                    for view in directio.read_range(self.path, start, end - start):
                         self.sha.update(view)
                 else:
                     buf, length = entry
