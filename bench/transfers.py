@@ -25,9 +25,13 @@ the ratios, the CPU time each process spent, and the targets of the issue, met o
 
 MLflow comes from the ``bench`` extra (``pip install -e ".[bench]"``). Work files (about 5x --size-mib)
 go to a temporary directory under --work-dir (default: the system's temp directory) and are removed at
-the end, also on Ctrl-C. The page cache cannot be dropped here: the source data is in it for every
-tool alike. What a server stored is in it too, except a large file modeldepot's local store wrote
-around the page cache (O_DIRECT): its 2 GiB download reads that from the disk.
+the end, also on Ctrl-C. The source data of the uploads is in the page cache for every tool alike.
+Downloads read what the server stored from the disk, as on a server that holds more models than fit
+in memory: before each download the stored copies (the limit's, modeldepot's data directory,
+SeaweedFS's volumes, MLflow's artifacts) are dropped from the page cache (``evict``:
+``posix_fadvise(POSIX_FADV_DONTNEED)`` after a ``sync``, which needs no privileges);
+``--downloads-from-cache`` leaves them in it instead (but for the large file modeldepot's local store
+wrote around the page cache, O_DIRECT, which is read from the disk either way).
 
 On a shared machine: before each measurement the benchmark writes back dirty pages and waits for the
 rest of the machine to idle (at most --wait-quiet seconds in all); each measurement records the CPU the
@@ -88,10 +92,12 @@ MLFLOW, LIMIT, BOTO3 = "MLflow", "limit", "boto3"
 LOCAL, S3 = "modeldepot", "md-s3"  # the two modeldepot columns: local blobs, and SeaweedFS blobs
 LIMIT_OF = {
     FILE_UP: "raw socket upload (sendfile -> recv_into + write, fdatasync)",
-    FILE_DOWN: "sendfile download (sendfile -> recv_into + write, fdatasync)",
+    FILE_DOWN: "sendfile download of the copy the limit's upload stored (sendfile -> recv_into + write, "
+    "fdatasync)",
     FILE_REUP: "sha256 of the file (hashlib, 1 MiB chunks)",
     DIR_UP: "raw socket upload, the files back to back on one connection, fdatasync per file",
-    DIR_DOWN: "sendfile download, the files back to back on one connection, fdatasync per file",
+    DIR_DOWN: "sendfile download of the stored copies, the files back to back on one connection, "
+    "fdatasync per file",
 }
 
 
@@ -360,6 +366,28 @@ def warm_memory(nbytes: int) -> None:
 
 
 GATE = QuietGate(budget=0.0)
+EVICT = True  # drop stored copies from the page cache before each download (see evict)
+
+
+def evict(*roots: Path) -> None:
+    """Drop these files (of a folder: every file under it) from the page cache, before a download.
+
+    The pages are written back first (``sync``): ``POSIX_FADV_DONTNEED`` drops clean pages only.
+    Nothing happens with ``--downloads-from-cache``, or where the OS has no ``posix_fadvise``.
+    """
+    if not EVICT or not hasattr(os, "posix_fadvise"):
+        return
+    os.sync()
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # gone meanwhile (a server's temporary file)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def remove(path: Path) -> None:
@@ -551,24 +579,22 @@ def limit_connect(port: int, request: dict[str, Any]) -> socket.socket:
     return sock
 
 
-def limit_upload(server: Service, port: int, files: Sequence[Path], dest: Path) -> Timing:
+def limit_upload(server: Service, port: int, files: Sequence[Path], dest: Path) -> tuple[Timing, list[Path]]:
+    """Upload ``files`` into the empty folder ``dest``; the timing and the stored copies (``dest/0``, …)."""
     sizes = [p.stat().st_size for p in files]
     dest.mkdir()
-    try:
-        with (
-            Meter(self_cpu, server) as meter,
-            limit_connect(port, {"op": "upload", "dest": str(dest), "sizes": sizes}) as sock,
-        ):
-            for path in files:
-                with path.open("rb") as f:
-                    sock.sendfile(f)
-            if sock.recv(1) != b"k":
-                raise RuntimeError("the limit server did not confirm the upload")
-        timing = meter.timing(sum(sizes))
-    finally:
-        remove(dest)
-        settle()
-    return timing
+    with (
+        Meter(self_cpu, server) as meter,
+        limit_connect(port, {"op": "upload", "dest": str(dest), "sizes": sizes}) as sock,
+    ):
+        for path in files:
+            with path.open("rb") as f:
+                sock.sendfile(f)
+        if sock.recv(1) != b"k":
+            raise RuntimeError("the limit server did not confirm the upload")
+    timing = meter.timing(sum(sizes))
+    settle()
+    return timing, [dest / str(i) for i in range(len(files))]
 
 
 def limit_download(
@@ -615,18 +641,31 @@ def sha256_timing(path: Path) -> Timing:
     return meter.timing(path.stat().st_size)
 
 
-def bench_limits(data: Data, work: Path, results: Results, unsynced: Results) -> None:
-    """One round of the limits; ``unsynced`` gets the 2 GiB download without its final fdatasync."""
-    with limit_server(work) as (server, port):
-        keep_best(results, LIMIT, FILE_UP, limit_upload(server, port, [data.big], work / "limit-up"))
-        keep_best(results, LIMIT, FILE_DOWN, limit_download(server, port, [data.big], work / "limit-down"))
-        keep_best(results, LIMIT, FILE_REUP, sha256_timing(data.big))
-        keep_best(results, LIMIT, DIR_UP, limit_upload(server, port, data.tree_files, work / "limit-up"))
-        keep_best(
-            results, LIMIT, DIR_DOWN, limit_download(server, port, data.tree_files, work / "limit-down")
-        )
-        t = limit_download(server, port, [data.big], work / "limit-down", sync=False)
-        keep_best(unsynced, LIMIT, FILE_DOWN, t)
+def bench_limits(data: Data, work: Path, results: Results, unsynced: Results, cached: Results) -> None:
+    """One round of the limits. Each download sends the copy its upload stored, as a server would;
+    ``unsynced`` gets the 2 GiB download without its final fdatasync, ``cached`` that download with
+    its source in the page cache."""
+    store = work / "limit-store"
+    down = work / "limit-down"
+    try:
+        with limit_server(work) as (server, port):
+            timing, big = limit_upload(server, port, [data.big], store)
+            keep_best(results, LIMIT, FILE_UP, timing)
+            evict(*big)
+            keep_best(results, LIMIT, FILE_DOWN, limit_download(server, port, big, down))
+            evict(*big)
+            keep_best(unsynced, LIMIT, FILE_DOWN, limit_download(server, port, big, down, sync=False))
+            if EVICT:  # the upload's source was just read: it is in the page cache
+                keep_best(cached, LIMIT, FILE_DOWN, limit_download(server, port, [data.big], down))
+            remove(store)
+            keep_best(results, LIMIT, FILE_REUP, sha256_timing(data.big))
+            timing, tree = limit_upload(server, port, data.tree_files, store)
+            keep_best(results, LIMIT, DIR_UP, timing)
+            evict(*tree)
+            keep_best(results, LIMIT, DIR_DOWN, limit_download(server, port, tree, down))
+    finally:
+        remove(store)
+        settle()
 
 
 # -- plain boto3 to SeaweedFS: the reference for the S3 column ---------------------------------------
@@ -640,13 +679,15 @@ def bench_boto3(data: Data, work: Path, results: Results) -> None:
     run_dir.mkdir()
     try:
         with seaweedfs_blobs(run_dir) as (flags, pids):
-            boto3_once(data, flags[1], ProcessCpu(pids[0]), run_dir / "out", results)
+            boto3_once(data, flags[1], ProcessCpu(pids[0]), run_dir / "weed", run_dir / "out", results)
     finally:
         remove(run_dir)
         settle()
 
 
-def boto3_once(data: Data, blob_url: str, server: ProcessCpu, out: Path, results: Results) -> None:
+def boto3_once(
+    data: Data, blob_url: str, server: ProcessCpu, stored: Path, out: Path, results: Results
+) -> None:
     import boto3
     from botocore.config import Config
 
@@ -660,6 +701,8 @@ def boto3_once(data: Data, blob_url: str, server: ProcessCpu, out: Path, results
     s3.put_object(Bucket=bucket, Key=f"{prefix}/warm-up", Body=data.small.read_bytes())  # untimed
 
     def timed(workload: str, action: Callable[[], None]) -> None:
+        if workload in (FILE_DOWN, DIR_DOWN):
+            evict(stored)
         with Meter(self_cpu, server) as meter:
             action()
         keep_best(results, BOTO3, workload, meter.timing(data.nbytes(workload)))
@@ -749,7 +792,7 @@ def bench_depot(setup: DepotSetup, data: Data, work: Path, results: Results) -> 
             server = start_modeldepot(setup, run_dir / "data", flags, run_dir)
             server.extra_pids = helper_pids
             try:
-                depot_once(setup.name, DepotCli(server, run_dir), data, run_dir / "out", results)
+                depot_once(setup.name, DepotCli(server, run_dir), data, run_dir, results)
             finally:
                 server.stop()
     finally:
@@ -757,10 +800,13 @@ def bench_depot(setup: DepotSetup, data: Data, work: Path, results: Results) -> 
         settle()
 
 
-def depot_once(column: str, cli: DepotCli, data: Data, out: Path, results: Results) -> None:
-    """Every workload once against a fresh, empty server."""
+def depot_once(column: str, cli: DepotCli, data: Data, run_dir: Path, results: Results) -> None:
+    """Every workload once against a fresh, empty server that keeps what it stores under ``run_dir``."""
+    out = run_dir / "out"
 
     def measure(workload: str, *args: str) -> dict[str, Any]:
+        if workload in (FILE_DOWN, DIR_DOWN):
+            evict(run_dir)  # the server's data directory (and its SeaweedFS's, if any)
         answer, timing = cli.timed(data.nbytes(workload), *args)
         keep_best(results, column, workload, timing)
         settle()
@@ -898,6 +944,8 @@ def bench_mlflow(data: Data, work: Path, results: Results) -> None:
         remove(out)
 
         def measure(workload: str, *args: str) -> dict[str, Any]:
+            if workload in (FILE_DOWN, DIR_DOWN):
+                evict(ml_dir)  # its artifacts (and its SQLite database)
             answer, timing = mlflow_call(server, data.nbytes(workload), *args)
             keep_best(results, MLFLOW, workload, timing)
             settle()
@@ -1097,6 +1145,11 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()), help="where work files go"
     )
     parser.add_argument(
+        "--downloads-from-cache",
+        action="store_true",
+        help="leave what the servers stored in the page cache for their downloads (see evict)",
+    )
+    parser.add_argument(
         "--no-warm-memory",
         action="store_true",
         help="do not touch fresh memory before each measurement (see warm_memory)",
@@ -1123,6 +1176,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     GATE.budget = args.wait_quiet
     GATE.warm_bytes = 0 if args.no_warm_memory else args.size_mib * MIB + 256 * MIB
+    global EVICT
+    EVICT = not args.downloads_from_cache and hasattr(os, "posix_fadvise")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"date:    {datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {machine()}")
@@ -1135,6 +1190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work dir: {work} (one disk for every tool; best of {args.repeat} round(s))")
     results: Results = {}
     unsynced: Results = {}
+    cached: Results = {}
     notes: list[str] = []
     try:
         step = time.perf_counter()
@@ -1142,7 +1198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  data made in {time.perf_counter() - step:.1f} s")
         labels = workload_labels(data)
         phases: list[tuple[str, Callable[[], None]]] = [
-            (LIMIT, lambda: bench_limits(data, work, results, unsynced))
+            (LIMIT, lambda: bench_limits(data, work, results, unsynced, cached))
         ]
         phases += [(s.name, depot_phase(s, data, work, results)) for s in setups_run]
         if with_s3:
@@ -1169,6 +1225,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{unsynced[LIMIT][FILE_DOWN].mbps:,.0f} MB/s (neither modeldepot's nor MLflow's download "
             "client fsyncs)"
         )
+        if cached:
+            notes.append(
+                f"the same download with its source in the page cache (not read from the disk) runs at "
+                f"{cached[LIMIT][FILE_DOWN].mbps:,.0f} MB/s"
+            )
         startup = cli_startup()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -1199,10 +1260,16 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {GATE.started_busy} started on a busy one (budget spent)" if GATE.started_busy else "")
     )
     notes += [
-        "the page cache cannot be dropped here: the source data is in it for every tool alike, and so is "
-        "what each server stored, except the 2 GiB file modeldepot's local store wrote around the page "
-        "cache (O_DIRECT): its download reads that from the disk; uploads and downloads are from and to "
-        "the same disk",
+        "the source data of the uploads is in the page cache for every tool alike; "
+        + (
+            "before each download what the server stored was dropped from the page cache (evict): every "
+            "download reads it from the disk"
+            if EVICT
+            else "what the servers stored was left in the page cache for their downloads "
+            "(--downloads-from-cache), except the large file modeldepot's local store wrote around it "
+            "(O_DIRECT), which its download reads from the disk"
+        )
+        + "; uploads and downloads are from and to the same disk",
         f"modeldepot times are whole CLI runs (start-up alone {startup:.2f} s, hashing included); MLflow "
         "times are the log_artifact(s) / download_artifacts call only (no import, no run start/end)",
         "modeldepot's re-upload sends no bytes (its content is on the server already); MLflow's sends them all",
