@@ -119,12 +119,16 @@ class Target:
         return value <= self.aim if self.time_ratio else value >= self.aim
 
     def verdict(self, value: float) -> str:
+        # Close to the aim, more digits: "5.00x: NOT MET (0% short)" would say nothing.
+        digits = 3 if f"{value:.2f}" == f"{self.aim:.2f}" else 2
+        gap = abs(value / self.aim - 1) * 100
+        pct = f"{gap:.1f}%" if gap < 1 else f"{gap:.0f}%"
         if self.time_ratio:
-            shown = f"{value:.2f}x the sha256 time"
-            miss = f"{(value / self.aim - 1) * 100:.0f}% over"
+            shown = f"{value:.{digits}f}x the sha256 time"
+            miss = f"{pct} over"
         else:
-            shown = f"{value:.2f}x"
-            miss = f"{(1 - value / self.aim) * 100:.0f}% short"
+            shown = f"{value:.{digits}f}x"
+            miss = f"{pct} short"
         return f"{shown}: met" if self.met(value) else f"{shown}: NOT MET ({miss})"
 
 
