@@ -372,7 +372,7 @@ def warm_memory(nbytes: int) -> None:
 
 
 GATE = QuietGate(budget=0.0)
-EVICT = True  # drop stored copies from the page cache before each download (see evict)
+EVICT = hasattr(os, "posix_fadvise")  # drop stored copies from the page cache before each download
 
 
 def evict(*roots: Path) -> None:
@@ -381,7 +381,7 @@ def evict(*roots: Path) -> None:
     The pages are written back first (``sync``): ``POSIX_FADV_DONTNEED`` drops clean pages only.
     Nothing happens with ``--downloads-from-cache``, or where the OS has no ``posix_fadvise``.
     """
-    if not EVICT or not hasattr(os, "posix_fadvise"):
+    if not EVICT:
         return
     os.sync()
     for root in roots:
@@ -1196,7 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
     GATE.budget = args.wait_quiet
     GATE.warm_bytes = 0 if args.no_warm_memory else args.size_mib * MIB + 256 * MIB
     global EVICT
-    EVICT = not args.downloads_from_cache and hasattr(os, "posix_fadvise")
+    EVICT = EVICT and not args.downloads_from_cache
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"date:    {datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {machine()}")
