@@ -25,7 +25,9 @@ the ratios, the CPU time each process spent, and the targets of the issue, met o
 
 MLflow comes from the ``bench`` extra (``pip install -e ".[bench]"``). Work files (about 5x --size-mib)
 go to a temporary directory under --work-dir (default: the system's temp directory) and are removed at
-the end, also on Ctrl-C. The source data of the uploads is in the page cache for every tool alike.
+the end, also on Ctrl-C. A measurement's folders of small files wait for the end too (see ``Trash``:
+on a journal-less ext4, creating files right after thousands were deleted is slow, and the next tool
+would pay for it); ``--remove-at-once`` deletes them as it goes. The source data of the uploads is in the page cache for every tool alike.
 Downloads read what the server stored from the disk, as on a server that holds more models than fit
 in memory: before each download the stored copies (the limit's, modeldepot's data directory,
 SeaweedFS's volumes, MLflow's artifacts) are dropped from the page cache (``evict``:
@@ -396,11 +398,37 @@ def evict(*roots: Path) -> None:
                 os.close(fd)
 
 
+@dataclasses.dataclass
+class Trash:
+    """Where ``remove`` puts folders until the run ends; None: delete them at once (``--remove-at-once``).
+
+    This VM's ext4 runs without a journal, and then, when it allocates an inode, skips those freed in
+    the last minute (``recently_deleted`` in the kernel's ``ialloc.c``), checking them one by one: right
+    after a cleanup deleted thousands of files, creating a file took about 0.8 ms instead of a small
+    fraction of that, and whichever tool ran next paid for the one before. Like ``settle``, deferring
+    the deletions keeps each measurement to its own work.
+    """
+
+    root: Path | None = None
+    count: int = 0
+
+
+TRASH = Trash()
+BIG_FILE = 16 * MIB  # files of a removed folder this large are deleted at once (disk space, few inodes)
+
+
 def remove(path: Path) -> None:
-    if path.is_dir():
+    """Delete a file now; delete a folder's large files now and move the rest into ``TRASH``."""
+    if not path.is_dir():
+        path.unlink(missing_ok=True)
+    elif TRASH.root is None:
         shutil.rmtree(path)
     else:
-        path.unlink(missing_ok=True)
+        for item in path.rglob("*"):
+            if item.is_file() and not item.is_symlink() and item.stat().st_size >= BIG_FILE:
+                item.unlink()
+        TRASH.count += 1
+        path.rename(TRASH.root / str(TRASH.count))
 
 
 # -- the data -----------------------------------------------------------------------------------------
@@ -1169,6 +1197,11 @@ def main(argv: list[str] | None = None) -> int:
         help="leave what the servers stored in the page cache for their downloads (see evict)",
     )
     parser.add_argument(
+        "--remove-at-once",
+        action="store_true",
+        help="delete each measurement's folders right after it, not at the end of the run (see Trash)",
+    )
+    parser.add_argument(
         "--no-warm-memory",
         action="store_true",
         help="do not touch fresh memory before each measurement (see warm_memory)",
@@ -1184,6 +1217,8 @@ def main(argv: list[str] | None = None) -> int:
     if with_mlflow and importlib.util.find_spec("mlflow") is None:
         parser.error('MLflow is not installed: pip install -e ".[bench]" (or pass --skip-mlflow)')
     need = (5 * args.size_mib + args.files // 4 + 1024) * MIB
+    if not args.remove_at_once:
+        need += args.repeat * args.files * 12 * 64 * 1024  # the removed folders' small files (Trash)
     free = shutil.disk_usage(args.work_dir).free
     if free < need:
         parser.error(
@@ -1207,6 +1242,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load:    {load:.2f} of {os.cpu_count()} CPUs busy just before the run (should be about 0)")
     work = Path(tempfile.mkdtemp(prefix="modeldepot-transfers-", dir=args.work_dir))
     print(f"work dir: {work} (one disk for every tool; best of {args.repeat} round(s))")
+    if not args.remove_at_once:
+        TRASH.root = work / "trash"
+        TRASH.root.mkdir()
     results: Results = {}
     variants: Results = {}  # of the limits' downloads (see bench_limits)
     notes: list[str] = []
@@ -1295,6 +1333,10 @@ def main(argv: list[str] | None = None) -> int:
         f"modeldepot times are whole CLI runs (start-up alone {startup:.2f} s, hashing included); MLflow "
         "times are the log_artifact(s) / download_artifacts call only (no import, no run start/end)",
         "modeldepot's re-upload sends no bytes (its content is on the server already); MLflow's sends them all",
+        "each measurement's folders were deleted right after it (--remove-at-once)"
+        if TRASH.root is None
+        else "each measurement's folders of small files were deleted at the end of the run, not between "
+        "measurements (see Trash)",
         "each modeldepot repetition starts a fresh server and data directory (else nothing would be sent); "
         "every server gets an untimed warm-up (a 1 MiB upload and download) first",
         "MLflow ran with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false (no background job workers)",
