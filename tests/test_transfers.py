@@ -345,6 +345,26 @@ def test_a_directory_of_ten_thousand_files(admin: Client, project: str, tmp_path
     assert again.version == 2
 
 
+def test_the_manifest_of_many_files_of_mixed_sizes_keeps_their_order_and_digests(tmp_path: Path) -> None:
+    """Files are hashed in groups (GROUP_FILES files or GROUP_BYTES bytes): across several groups, and
+    with a file larger than a group's bytes in the middle, every file gets its own digest, in order."""
+    from modeldepot.client import transfer
+
+    contents = {
+        f"d{i // 100}/f{i:04d}.bin": os.urandom(i % 7 * 1000) for i in range(2 * transfer.GROUP_FILES + 3)
+    }
+    contents["d3/big.bin"] = os.urandom(transfer.GROUP_BYTES + 5)
+    src = write_tree(tmp_path / "m", contents)
+    entries = transfer.scan(src)
+    seen: list[int] = []
+    manifest = transfer.build_manifest(entries, seen.append, workers=3)
+    assert [f.path for f, _ in manifest] == [stored for stored, _ in entries] == sorted(contents)
+    for f, local in manifest:
+        assert local == src / f.path
+        assert (f.size, f.sha256) == (len(contents[f.path]), hashlib.sha256(contents[f.path]).hexdigest())
+    assert sum(seen) == sum(len(b) for b in contents.values())
+
+
 def test_the_digest_cache_skips_unchanged_files_and_never_trusts_a_changed_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,13 @@ from ..records import ModelFile
 from .hashcache import HashCache
 
 CHUNK = 1024 * 1024
+# Files are hashed in groups of consecutive files, one group to a task; a group closes once it holds
+# this many files or bytes to read (so each large file ends one). One task per file spent more time handing the
+# GIL between threads than hashing: 2,000 files of 4-64 KiB took 0.16-0.20 s on 4 threads, 0.07 s on
+# one, 0.08-0.13 s in groups of 250 on 4 threads (which still read several files at once from a cold
+# disk).
+GROUP_FILES = 256
+GROUP_BYTES = 16 * 1024 * 1024
 
 
 def sha256_file(path: Path, on_bytes: object = None) -> str:
@@ -58,20 +65,22 @@ def build_manifest(
     workers: int | None = None,
     cache: HashCache | None = None,
 ) -> list[tuple[ModelFile, Path]]:
-    """Hash every file (sha256, streamed) on a few threads; hashlib releases the GIL on big buffers.
+    """Hash every file (sha256, streamed) on a few threads, small files in groups (see GROUP_FILES);
+    hashlib releases the GIL on big buffers.
 
     With a ``cache``, files unchanged since they were last hashed are not read again.
     """
 
-    # The cache is asked once for all files (one query per 500), with each file's stat.
+    # Every file's stat, for the groups, and for the cache, which is asked once for all files (one
+    # query per 500).
     looked: list[tuple[os.stat_result, str | None] | None] = [None] * len(entries)
-    if cache is not None:
-        try:
-            stats = [local.stat() for _, local in entries]
-        except FileNotFoundError:
-            pass  # each file is looked at again below, and the one that went is named there
-        else:
-            looked = list(zip(stats, cache.get_many(stats), strict=True))
+    try:
+        stats = [local.stat() for _, local in entries]
+    except FileNotFoundError:
+        pass  # each file is looked at again below, and the one that went is named there
+    else:
+        digests = cache.get_many(stats) if cache is not None else [None] * len(stats)
+        looked = list(zip(stats, digests, strict=True))
 
     def one(item: tuple[int, tuple[str, Path]]) -> tuple[ModelFile, Path]:
         index, (stored, local) = item
@@ -91,8 +100,23 @@ def build_manifest(
             raise InvalidInput(f"{local} vanished while it was being read", hint="Upload again.") from None
         return ModelFile(path=stored, size=size, sha256=digest), local
 
+    def group(indexes: range) -> list[tuple[ModelFile, Path]]:
+        return [one((i, entries[i])) for i in indexes]
+
+    groups: list[range] = []
+    start = count = size = 0
+    for index, seen in enumerate(looked):
+        # A file known to the cache is not read: it costs the group nothing.
+        if seen is not None and seen[1] is None:
+            size += seen[0].st_size
+        count += 1
+        if count >= GROUP_FILES or size >= GROUP_BYTES:
+            groups.append(range(start, index + 1))
+            start, count, size = index + 1, 0, 0
+    if start < len(entries):
+        groups.append(range(start, len(entries)))
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2)) as pool:
-        return list(pool.map(one, enumerate(entries)))
+        return [item for done in pool.map(group, groups) for item in done]
 
 
 def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iterator[bytes]:
