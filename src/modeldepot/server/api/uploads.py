@@ -76,14 +76,16 @@ def start_upload(
         upload_key=body.upload_key,
         staged=body.staged,
     )
-    mid = plan.model.id
+    # …/models/{id}/blobs/{sha256} (put_blob) and …/{sha256}/parts (blob_parts), from one url_for:
+    # it walks every route, and a manifest may list thousands of blobs (a sha256 needs no quoting).
+    blobs_url = str(request.url_for("put_blobs", model_id=plan.model.id))
     missing = []
     for m in plan.missing:
         entry: dict[str, Any] = {"sha256": m.sha256, "size": m.size}
         if m.in_parts:
-            entry["parts_url"] = str(request.url_for("blob_parts", model_id=mid, sha256=m.sha256))
+            entry["parts_url"] = f"{blobs_url}/{m.sha256}/parts"
         else:
-            entry["url"] = str(request.url_for("put_blob", model_id=mid, sha256=m.sha256))
+            entry["url"] = f"{blobs_url}/{m.sha256}"
         missing.append(entry)
     return {"model": to_json(plan.model), "missing": missing, "resumed": plan.resumed}
 
