@@ -17,10 +17,10 @@ from .hashcache import HashCache
 
 CHUNK = 1024 * 1024
 # Files are hashed in groups of consecutive files, one group to a task; a group closes once it holds
-# this many files or bytes to read (so each large file ends one). One task per file spent more time handing the
-# GIL between threads than hashing: 2,000 files of 4-64 KiB took 0.16-0.20 s on 4 threads, 0.07 s on
-# one, 0.08-0.13 s in groups of 250 on 4 threads (which still read several files at once from a cold
-# disk).
+# this many files or bytes to read (so each large file ends one). With one task per file the threads
+# spent more time handing the GIL to each other than hashing: 2,000 files of 4-64 KiB took
+# 0.16-0.20 s on 4 threads, 0.07 s on one, 0.08-0.13 s in groups on 4 threads (which still read
+# several files at once from a cold disk).
 GROUP_FILES = 256
 GROUP_BYTES = 16 * 1024 * 1024
 
