@@ -27,7 +27,8 @@ MLflow comes from the ``bench`` extra (``pip install -e ".[bench]"``). Work file
 go to a temporary directory under --work-dir (default: the system's temp directory) and are removed at
 the end, also on Ctrl-C. A measurement's folders of small files wait for the end too (see ``Trash``:
 on a journal-less ext4, creating files right after thousands were deleted is slow, and the next tool
-would pay for it); ``--remove-at-once`` deletes them as it goes. The source data of the uploads is in the page cache for every tool alike.
+would pay for it); ``--remove-at-once`` deletes them as it goes. The source data of the uploads is in
+the page cache for every tool alike.
 Downloads read what the server stored from the disk, as on a server that holds more models than fit
 in memory: before each download the stored copies (the limit's, modeldepot's data directory,
 SeaweedFS's volumes, MLflow's artifacts) are dropped from the page cache (``evict``:
@@ -425,8 +426,9 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         for item in path.rglob("*"):
-            if item.is_file() and not item.is_symlink() and item.stat().st_size >= BIG_FILE:
-                item.unlink()
+            with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+                if item.is_file() and not item.is_symlink() and item.stat().st_size >= BIG_FILE:
+                    item.unlink()
         TRASH.count += 1
         path.rename(TRASH.root / str(TRASH.count))
 
