@@ -82,8 +82,8 @@ def build_manifest(
         digests = cache.get_many(stats) if cache is not None else [None] * len(stats)
         looked = list(zip(stats, digests, strict=True))
 
-    def one(item: tuple[int, tuple[str, Path]]) -> tuple[ModelFile, Path]:
-        index, (stored, local) = item
+    def one(index: int) -> tuple[ModelFile, Path]:
+        stored, local = entries[index]
         try:
             seen = looked[index]
             st, digest = seen if seen is not None else (local.stat(), None)
@@ -101,7 +101,7 @@ def build_manifest(
         return ModelFile(path=stored, size=size, sha256=digest), local
 
     def group(indexes: range) -> list[tuple[ModelFile, Path]]:
-        return [one((i, entries[i])) for i in indexes]
+        return [one(i) for i in indexes]
 
     groups: list[range] = []
     start = count = size = 0
