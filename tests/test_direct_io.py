@@ -57,7 +57,9 @@ def send(store: LocalBlobStore, via: str, staging_id: str, number: int, offset: 
 
 @pytest.mark.parametrize("via", ["chunks", "readinto"])
 @pytest.mark.parametrize("order", ["in-order", "reversed", "shuffled"])
-@pytest.mark.parametrize("part_size", [4 * MiB, MiB + 1000], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize(
+    "part_size", [directio.CHUNK + 4 * MiB, MiB + 1000], ids=["aligned, a buffer and a half", "unaligned"]
+)
 def test_parts_in_any_order_and_at_any_offset_make_the_blob(
     store: LocalBlobStore, order: str, part_size: int, via: str
 ) -> None:
