@@ -8,7 +8,7 @@ large write pays it, and it was half the server's CPU in an upload). The SDK's d
 files paid it too. MinIO writes large objects with ``O_DIRECT`` for the same reasons.
 
 A direct write waits for the disk, and the size of each write counted on a slower VM disk
-(300-500 MB/s), 2 GiB written three pieces at a time went at 273-310 MB/s in 4 MiB pieces and at
+(300-500 MB/s): 2 GiB written three pieces at a time went at 273-310 MB/s in 4 MiB pieces and at
 372-427 MB/s in 8 MiB pieces (interleaved runs), and a 2 GiB upload took 6.3 s on average instead of
 7.1 s (8 alternating pairs). Hence 8 MiB (docs/benchmarks.md: "Later on 2026-12-07, a slower
 machine").
