@@ -135,6 +135,10 @@ def test_errors_are_one_line_with_a_hint_and_an_exit_code(logged_in: dict[str, s
     empty.mkdir()
     bad = run(["models", "upload", str(empty), "--name", "m", "--project", project], env, check=False)
     assert bad.returncode == 3 and "no files" in bad.stderr
+    by_name = run(["models", "upload", str(f), "--name", "m", "--project", "p"], env, check=False)
+    assert by_name.returncode == 4
+    assert by_name.stderr.startswith("Error: Project p not found")
+    assert "Use the id (pr…) of a project" in by_name.stderr and "projects list" in by_name.stderr
     usage = run(
         ["models", "upload", str(f), "--name", "m", "--project", project, "--type", "pytorch"],
         env,

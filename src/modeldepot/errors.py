@@ -59,6 +59,15 @@ class NotFound(ModeldepotError):
     title = "Not found"
 
 
+def project_not_found(shown: str) -> NotFound:
+    """The error for a project that does not exist or that the API key may not see (the same, so
+    that ids of other projects leak nothing); ``shown`` is how the id is named in the message."""
+    return NotFound(
+        f"Project {shown} not found",
+        hint="Use the id (pr…) of a project this API key may see: `modeldepot projects list` shows them.",
+    )
+
+
 class Conflict(ModeldepotError):
     """The request clashes with the current state (e.g. a project that still has models)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound, project_not_found
 from ..records import Alias
 from .auth import Principal
 from .models import ModelService
@@ -60,7 +60,7 @@ class AliasService:
     def list_aliases(self, principal: Principal, project_id: str) -> list[Alias]:
         principal.require(project_id, "viewer")
         if not self.store.project_exists(project_id):
-            raise NotFound(f"Project {project_id} not found")
+            raise project_not_found(project_id)
         return self.store.list_aliases(project_id)
 
     def delete(self, principal: Principal, project_id: str, model_name: str, alias: str) -> None:

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from ..errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from ..errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated, project_not_found
 from ..records import ROLES, ApiKey, NewApiKey
 from . import ids, validation
 from .ports import MetadataStore
@@ -43,12 +43,12 @@ class Principal:
         A key with no role at all gets :class:`NotFound`, so that ids of other projects leak nothing.
         """
         if not isinstance(project_id, str) or "\x00" in project_id:  # no id holds a NUL
-            raise NotFound(what or f"Project {project_id!r} not found")
+            raise NotFound(what) if what else project_not_found(repr(project_id))
         if self.is_admin:
             return
         held = self.roles.get(project_id)
         if held is None:
-            raise NotFound(what or f"Project {project_id} not found")
+            raise NotFound(what) if what else project_not_found(project_id)
         if _RANK[held] < _RANK[role]:
             raise PermissionDenied(
                 f"This API key is a {held} in project {project_id}; this needs {role}",
@@ -132,7 +132,7 @@ class AuthService:
             raise InvalidInput(f"Role {role!r} is not known", hint=f"Use one of: {', '.join(ROLES)}.")
         principal.require(project_id, "admin")
         if not self.store.project_exists(project_id):
-            raise NotFound(f"Project {project_id} not found")
+            raise project_not_found(project_id)
         return self._new(
             name=name, user=user or principal.user, is_admin=False, roles={project_id: role}, secret=None
         )

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, InvalidInput, NotFound, project_not_found
 from ..paths import normalize_path
 from ..records import MODEL_STATES, Model, ModelFile, Page
 from . import validation
@@ -118,7 +118,7 @@ def list_scope(
         return principal.visible_projects()
     principal.require(project_id, "viewer")
     if not store.project_exists(project_id):
-        raise NotFound(f"Project {project_id} not found")
+        raise project_not_found(project_id)
     return (project_id,)
 
 

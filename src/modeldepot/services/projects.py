@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ..errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from ..errors import Conflict, InvalidInput, PermissionDenied, project_not_found
 from ..records import Project
 from . import ids, validation
 from .auth import Principal
@@ -46,9 +46,7 @@ class ProjectService:
         principal.require(project_id, "viewer")
         project = self.store.get_project(project_id)
         if project is None:
-            raise NotFound(
-                f"Project {project_id} not found", hint="`modeldepot projects list` shows your projects."
-            )
+            raise project_not_found(project_id)
         return project
 
     def list_projects(self, principal: Principal, *, tag: str | None = None) -> list[Project]:

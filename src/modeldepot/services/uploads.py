@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from ..errors import Conflict, IntegrityError, InvalidInput, NotFound, PayloadTooLarge
+from ..errors import Conflict, IntegrityError, InvalidInput, NotFound, PayloadTooLarge, project_not_found
 from ..records import Model, ModelFile
 from . import ids, validation
 from .archives import ArchiveLimits, unpack_zip
@@ -131,7 +131,7 @@ class UploadService:
         """
         principal.require(project_id, "editor")
         if not self.store.project_exists(project_id):
-            raise NotFound(f"Project {project_id} not found")
+            raise project_not_found(project_id)
         key = validation.sha256(upload_key) if upload_key is not None else None
         manifest = check_manifest(files, self.limits.max_files)
         claimed = _staged_map(staged, len(manifest))
@@ -225,7 +225,7 @@ class UploadService:
         """
         principal.require(project_id, "editor")
         if not self.store.project_exists(project_id):
-            raise NotFound(f"Project {project_id} not found")
+            raise project_not_found(project_id)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise InvalidInput(
                 f"size must be a positive number of bytes, not {size!r}",
@@ -591,7 +591,7 @@ class UploadService:
         """
         principal.require(project_id, "editor")
         if not self.store.project_exists(project_id):
-            raise NotFound(f"Project {project_id} not found")
+            raise project_not_found(project_id)
         now = datetime.now(UTC)
         new = self._new_model(
             principal,

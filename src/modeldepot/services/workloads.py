@@ -22,7 +22,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from ..errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, project_not_found
 from ..records import WORKLOAD_STATES, Page, Workload
 from . import ids, validation
 from .auth import Principal
@@ -251,7 +251,7 @@ class WorkloadService:
         """
         principal.require(project_id, "editor")
         if not self.store.project_exists(project_id):
-            raise NotFound(f"Project {project_id} not found")
+            raise project_not_found(project_id)
         if type not in (None, ""):
             validation.model_type(type)
         validation.tags(tags)
