@@ -154,3 +154,34 @@ def test_a_part_for_an_area_that_is_gone_leaves_nothing_behind(store: LocalBlobS
         with pytest.raises(IntegrityError, match="no longer exists"):
             store.write_part(staging_id, 1, 0, MiB, [b"x" * MiB], None)
     assert store._ahead == {} and store._write_locks == {}  # no state kept per request that failed
+
+
+def _reads_back(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the reads of staged data from disk (finishing reads one, empty, past the end)."""
+    calls: list[int] = []
+    real = directio.read_range
+
+    def counting(path: Path, start: int, length: int) -> Iterator[memoryview]:
+        calls.append(length)
+        return real(path, start, length)
+
+    monkeypatch.setattr(directio, "read_range", counting)
+    return calls
+
+
+def test_parts_one_after_the_other_start_no_thread_that_would_keep_the_next_from_being_hashed(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part that ends with nothing after it on disk starts no hashing thread: while one ran, the next
+    part (the client's next request) could not be hashed as it arrived, so it was read back, and the
+    part after it too while that went on (seen here: parts 2-6 of a 2 GiB upload read back)."""
+    reads = _reads_back(monkeypatch)
+    data = os.urandom(4 * MiB + 5)
+    staging_id = store.begin_staging(len(data))
+    for number, offset, chunk in parts_of(data, MiB):
+        store.write_part(staging_id, number, offset, len(chunk), [chunk], None)
+        state = store._ahead[staging_id]
+        assert not state.running and (state.next_part, state.hashed) == (number + 1, offset + len(chunk))
+    store.finish_staging(staging_id, sha(data), len(data))
+    assert b"".join(store.read(sha(data))) == data
+    assert reads == [1]

@@ -566,6 +566,10 @@ class LocalBlobStore:
             if state.running:
                 state.again = True
                 return
+            if not (self._staging(staging_id) / "parts" / str(state.next_part)).exists():
+                # Nothing to read yet (the request that stores that part comes here again). No thread
+                # then, so that the next part, which may begin any moment, is hashed as it arrives.
+                return
             state.running = True
         threading.Thread(target=self._hash_loop, args=(staging_id, state), daemon=True).start()
 
