@@ -117,3 +117,40 @@ def test_killing_the_server_mid_upload_then_running_it_again_resumes(tmp_path: P
         server.kill()
         server.communicate()
     assert (tmp_path / "out" / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_ctrl_c_while_the_file_is_still_hashed_then_running_it_again_resumes(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Ctrl-C before the manifest (no model yet, parts already sent ahead into a staging area): the
+    CLI says how to go on and exits with 130, the area keeps its parts, and the same command again
+    finishes the upload from them."""
+    data_dir = tmp_path / "data"
+    with running_server(make_settings(database_url, data_dir, upload_part_size=MiB)) as server:
+        env = _env(tmp_path, server.url)
+        project = run(["projects", "create", "p"], env).stdout.strip()
+        src = tmp_path / "model"
+        src.mkdir()
+        # Large enough that hashing it takes far longer than sending three 1 MiB parts.
+        (src / "weights.bin").write_bytes(os.urandom(256 * MiB))
+        # The CLI does not trust what it noted about a file changed within 2 s of noting it.
+        time.sleep(2.1)
+        args = ["models", "upload", str(src), "--name", "big", "--project", project, "--parallel", "1"]
+        proc = _upload_until_parts(args, env, data_dir, 3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (out, err)
+        assert "Interrupted. Run the same command again to resume the upload" in err, err
+        assert "Aborted" not in err
+        blobs = server.app.state.services.models.blobs  # type: ignore[attr-defined]
+        (area,) = blobs.staging_ids()
+        arrived = blobs.received_parts(area)
+        assert len(arrived) >= 3  # kept, not dropped
+        with server.client() as admin:
+            assert admin.list_models(project=project, state="any").items == ()  # before the manifest
+            done = json.loads(run([*args, "--json"], env).stdout)
+            assert done["state"] == "ready" and done["version"] == 1
+            assert blobs.staging_ids() == []
+            admin.download(done["id"], tmp_path / "out")
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()

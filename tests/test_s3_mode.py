@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import pytest
 
 from .conftest import RunningServer, make_settings, running_server, write_tree
@@ -76,6 +77,33 @@ def test_upload_download_gc_and_fsck_on_s3(s3_server: RunningServer, tmp_path: P
         store = s3_server.app.state.services.models.blobs  # type: ignore[attr-defined]
         left = store.client.list_objects_v2(Bucket=store.bucket, Prefix=store.key(""))
         assert left.get("Contents", []) == []  # a pointer's bytes went with it
+
+
+def test_an_area_cut_off_before_its_manifest_resumes_on_s3(s3_server: RunningServer, tmp_path: Path) -> None:
+    big = os.urandom(11 * MiB + 3)
+    with s3_server.http() as http:
+        project = http.post("/projects", json={"name": "p"}).json()["id"]
+        area = http.post(f"/projects/{project}/stagings", json={"size": len(big)}).json()
+        first = area["parts"][0]
+        with httpx.Client() as bucket:  # a presigned URL: no key
+            body = big[first["offset"] : first["offset"] + first["size"]]
+            assert bucket.put(first["url"], content=body).status_code == 200
+            later = http.post(f"/stagings/{area['id']}/parts").json()
+            assert [p["received"] for p in later["parts"]] == [True, False, False]
+            for p in later["parts"][1:]:
+                assert not p["url"].startswith(s3_server.url)  # fresh presigned URLs
+                body = big[p["offset"] : p["offset"] + p["size"]]
+                assert bucket.put(p["url"], content=body).status_code == 200
+        digest = hashlib.sha256(big).hexdigest()
+        manifest = {"name": "m", "files": [{"path": "w.bin", "size": len(big), "sha256": digest}]}
+        plan = http.post(
+            f"/projects/{project}/models", json={**manifest, "staged": {digest: area["id"]}}
+        ).json()
+        parts = http.post(plan["missing"][0]["parts_url"]).json()
+        assert all(p["received"] for p in parts["parts"])
+        assert http.post(parts["complete_url"]).status_code == 204
+        model = http.post(f"/models/{plan['model']['id']}/commit").json()
+        assert model["state"] == "ready"
 
 
 def test_parts_sent_while_hashing_go_straight_to_s3(s3_server: RunningServer, tmp_path: Path) -> None:

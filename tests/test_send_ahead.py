@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -87,6 +89,17 @@ def _pending_staging(server: RunningServer) -> str:
                     tables.pending_blobs.c.staging_id.is_not(None)
                 )
             )
+        )
+
+
+def _expire(server: RunningServer, staging_id: str) -> None:
+    """Let a staging area's expiry pass (as if a day went by)."""
+    engine = server.app.state.store.engine  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(
+            update(tables.stagings)
+            .where(tables.stagings.c.id == staging_id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
 
 
@@ -290,13 +303,7 @@ def test_areas_nobody_named_expire(small_parts: RunningServer) -> None:
         p = area["parts"][0]
         assert http.put(p["url"], content=os.urandom(MiB)).status_code == 204
         kept = http.post(f"/projects/{project}/stagings", json={"size": 3 * MiB}).json()
-        engine = small_parts.app.state.store.engine  # type: ignore[attr-defined]
-        with engine.begin() as conn:
-            conn.execute(
-                update(tables.stagings)
-                .where(tables.stagings.c.id == area["id"])
-                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
-            )
+        _expire(small_parts, area["id"])
         report = http.post("/admin/gc", json={}).json()
         assert report["blobs_deleted"] == 0
         assert _open_stagings(small_parts) == 1 and _blob_stagings(small_parts) == [kept["id"]]
@@ -327,3 +334,131 @@ def test_gc_removes_staging_areas_nothing_names_once_idle_for_an_hour(small_part
         assert crashed not in left and {named, fresh, _pending_staging(small_parts)} <= left
         assert _open_stagings(small_parts) == 1
         blobs.abort_staging(fresh)
+
+
+# -- an upload cut off before its manifest ------------------------------------------------------------
+
+
+def test_an_area_nobody_named_yet_lists_what_arrived_to_its_own_key_only(small_parts: RunningServer) -> None:
+    data = os.urandom(3 * MiB + 7)
+    with small_parts.client() as admin:
+        project = admin.create_project("p").id
+        alice = admin.create_key(project=project, role="editor", name="alice", user="alice").secret
+        bob = admin.create_key(project=project, role="editor", name="bob", user="bob").secret
+    with small_parts.http(alice) as a, small_parts.http(bob) as b:
+        area = a.post(f"/projects/{project}/stagings", json={"size": len(data)}).json()
+        assert not any(p["received"] for p in area["parts"])
+        sent = area["parts"][1]
+        assert a.put(sent["url"], content=data[sent["offset"] : sent["offset"] + MiB]).status_code == 204
+        later = a.post(f"/stagings/{area['id']}/parts")
+        assert later.status_code == 200, later.text
+        again = later.json()
+        assert [p["received"] for p in again["parts"]] == [False, True, False, False]
+        assert {k: again[k] for k in ("id", "size", "part_size", "in_order", "url")} == {
+            k: area[k] for k in ("id", "size", "part_size", "in_order", "url")
+        }
+        assert again["expires_at"] >= area["expires_at"]  # the full expiry again
+        # Sent now to the fresh URLs, the rest completes the area, which an upload then takes over.
+        for p in again["parts"]:
+            if not p["received"]:
+                body = data[p["offset"] : p["offset"] + p["size"]]
+                assert a.put(p["url"], content=body).status_code == 204
+        digest = hashlib.sha256(data).hexdigest()
+        # Another key never sees it.
+        missing = b.post(f"/stagings/{area['id']}/parts")
+        assert missing.status_code == 404 and "not found" in missing.json()["detail"]
+        plan = a.post(f"/projects/{project}/models", json=_manifest(data, {digest: area["id"]})).json()
+        parts = a.post(plan["missing"][0]["parts_url"]).json()
+        assert all(p["received"] for p in parts["parts"])
+        # Taken over: no longer a staging area of its own.
+        assert a.post(f"/stagings/{area['id']}/parts").status_code == 404
+        assert a.post(parts["complete_url"]).status_code == 204
+        assert a.post(f"/models/{plan['model']['id']}/commit").json()["state"] == "ready"
+        # An expired area is not handed out again (the collector removes it), nor a made-up one.
+        old = a.post(f"/projects/{project}/stagings", json={"size": 5}).json()
+        _expire(small_parts, old["id"])
+        assert a.post(f"/stagings/{old['id']}/parts").status_code == 404
+        assert a.post("/stagings/0123456789abcdef01234567/parts").status_code == 404
+        assert a.post("/stagings/..%2F..%2Fetc/parts").status_code == 404
+
+
+class StopDuringSendAhead(Recorder):
+    """Presses Ctrl-C (SIGINT to the main thread, which is hashing the files) once ``parts`` parts of
+    1 MiB went out ahead; keeps every amount reported."""
+
+    def __init__(self, parts: int) -> None:
+        super().__init__()
+        self.parts = parts
+        self.calls: list[int] = []
+        self.pressed = False
+
+    def advance(self, n: int) -> None:
+        super().advance(n)
+        self.calls.append(n)
+        if not self.pressed and self.bytes.get("uploading", 0) >= self.parts * MiB:
+            self.pressed = True
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+def _cut_off_while_hashing(server: RunningServer, tmp_path: Path, data: bytes) -> tuple[Path, Path, str, str]:
+    """Upload ``data`` (large enough that hashing it takes far longer than sending three 1 MiB
+    parts) and press Ctrl-C once three parts went out ahead; (source, digest cache, project, area)."""
+    src = write_tree(tmp_path / "m", {"w.bin": data})
+    cache = tmp_path / "hashes.db"
+    with server.client() as client:
+        client.send_while_hashing, client.hash_cache_path, client.parallel = MiB, cache, 1
+        project = client.create_project("p").id
+        with pytest.raises(KeyboardInterrupt):
+            client.upload(src, project=project, name="m", progress=StopDuringSendAhead(3))
+        assert not client.list_models(project=project).items  # cut off before the manifest
+    (area,) = server.app.state.services.models.blobs.staging_ids()  # type: ignore[attr-defined]
+    return src, cache, project, area
+
+
+def test_an_upload_cut_off_before_its_manifest_resumes_the_parts_it_sent_ahead(
+    small_parts: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted while the files were still being hashed (before any model exists), the upload
+    keeps its staging areas, and running it again sends only the parts that did not arrive."""
+    monkeypatch.setattr(hashcache, "RACY_SECONDS", -5.0)  # trust entries for files written just now
+    data = os.urandom(160 * MiB + 3)
+    src, cache, project, area = _cut_off_while_hashing(small_parts, tmp_path, data)
+    blobs = small_parts.app.state.services.models.blobs  # type: ignore[attr-defined]
+    arrived = sum(blobs.received_parts(area).values())
+    assert arrived >= 3 * MiB and _open_stagings(small_parts) == 1
+    with small_parts.client() as client:
+        client.send_while_hashing, client.hash_cache_path = MiB, cache
+        again = StopDuringSendAhead(10**6)  # never presses
+        model = client.upload(src, project=project, name="m", progress=again)
+        assert model.state == "ready" and model.version == 1
+        # The bar starts at what arrived before; only the rest went out.
+        assert again.calls[0] == arrived and sum(again.calls[1:]) == len(data) - arrived
+        assert _open_stagings(small_parts) == 0 and _blob_stagings(small_parts) == []
+        out = tmp_path / "out"
+        client.download(model.id, out)
+        assert (out / "w.bin").read_bytes() == data
+    # Nothing is left to resume: the area was named, and forgotten.
+    with small_parts.client() as client:
+        client.hash_cache_path = cache
+        cached = client.hash_cache()
+        assert cached is not None and cached.area((src / "w.bin").stat(), client.url, project) is None
+
+
+def test_a_file_changed_since_it_was_cut_off_is_sent_again_whole_and_its_old_area_dropped(
+    small_parts: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashcache, "RACY_SECONDS", -5.0)
+    old = os.urandom(160 * MiB)
+    src, cache, project, _ = _cut_off_while_hashing(small_parts, tmp_path, old)
+    new = bytearray(old)
+    new[5] ^= 0xFF  # in the first part, which arrived
+    (src / "w.bin").write_bytes(new)
+    with small_parts.client() as client:
+        client.send_while_hashing, client.hash_cache_path = MiB, cache
+        again = StopDuringSendAhead(10**6)
+        model = client.upload(src, project=project, name="m", progress=again)
+        assert model.state == "ready" and sum(again.calls) == len(new)  # every byte sent again
+        assert _open_stagings(small_parts) == 0 and _blob_stagings(small_parts) == []  # the old one too
+        out = tmp_path / "out"
+        client.download(model.id, out)
+        assert (out / "w.bin").read_bytes() == new

@@ -25,7 +25,8 @@ Start here:
   modeldepot run --project pr… --name resnet -- python train.py   # a model from a run
 
 Exit codes: 0 ok, 1 unexpected, 2 usage, 3 invalid input, 4 not found, 5 conflict,
-6 unauthenticated, 7 permission denied, 8 integrity, 9 storage full, 10 cannot reach server.
+6 unauthenticated, 7 permission denied, 8 integrity, 9 storage full, 10 cannot reach server,
+130 interrupted (Ctrl-C; an upload or download run again resumes).
 """
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ from ..client import Client
 from ..errors import InvalidInput
 from ..records import Model
 from .context import make_client
-from .output import Bar, emit_json, fields, human_size, json_option, table
+from .output import Bar, emit_json, err_console, fields, human_size, json_option, table
 from .workloads import commit_text, series_text
 
 TYPES = click.Choice(["Tensorflow", "ONNX", "Custom"], case_sensitive=False)
@@ -31,6 +34,18 @@ def _json_object(value: str | None, what: str) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         raise InvalidInput(f"{what} must be a JSON object, not {type(parsed).__name__}")
     return parsed
+
+
+@contextlib.contextmanager
+def _resumes_when_interrupted(what: str) -> Iterator[None]:
+    """Ctrl-C: say how to go on (the same command again resumes) and exit with 130, as a shell does."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(
+            f"Interrupted. Run the same command again to resume the {what} where it stopped.", highlight=False
+        )
+        sys.exit(130)
 
 
 @click.group("models")
@@ -76,18 +91,20 @@ def upload(
           --summary '{"accuracy": 0.71, "loss": 1.2}' --notes "baseline" --tag cnn --tag small
       modeldepot models upload ./checkpoints/ --name resnet --project pr…
     """
-    model = make_client(parallel).upload(
-        path,
-        project=project,
-        name=name,
-        type=type_,
-        summary=_json_object(summary, "--summary"),
-        notes=notes,
-        tags=list(tags),
-        metadata=_json_object(metadata, "--metadata"),
-        dataset_ref=dataset_ref,
-        progress=Bar(enabled=None if not as_json else False),
-    )
+    summary_, metadata_ = _json_object(summary, "--summary"), _json_object(metadata, "--metadata")
+    with _resumes_when_interrupted("upload"):
+        model = make_client(parallel).upload(
+            path,
+            project=project,
+            name=name,
+            type=type_,
+            summary=summary_,
+            notes=notes,
+            tags=list(tags),
+            metadata=metadata_,
+            dataset_ref=dataset_ref,
+            progress=Bar(enabled=None if not as_json else False),
+        )
     if as_json:
         emit_json(model)
     else:
@@ -224,9 +241,10 @@ def download(model_id: str, dest: Path, parallel: int, as_json: bool) -> None:
     Example:
       modeldepot models download mo… ./out
     """
-    written = make_client(parallel).download(
-        model_id, dest, progress=Bar(enabled=None if not as_json else False)
-    )
+    with _resumes_when_interrupted("download"):
+        written = make_client(parallel).download(
+            model_id, dest, progress=Bar(enabled=None if not as_json else False)
+        )
     if as_json:
         emit_json({"files": [str(p) for p in written]})
     else:

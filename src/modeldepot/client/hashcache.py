@@ -5,6 +5,10 @@ An entry is keyed by the file's device and inode and is valid only while its siz
 modified within ``RACY_SECONDS`` of being hashed: a write in the same timestamp tick could otherwise
 go unnoticed. A wrong digest would not corrupt anything (the server verifies every byte it receives),
 but it would fail the upload.
+
+The same file keeps the staging areas that large files were sent into while they were hashed, until
+an upload names them, under the same rules: an upload cut off before its manifest (Ctrl-C, a lost
+connection, a killed process) finds its area again and sends only the parts that did not arrive.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ class HashCache:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS hashes (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,"
             " ctime_ns INTEGER, hashed_at REAL, sha256 TEXT, PRIMARY KEY (dev, ino))"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS areas (dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,"
+            " ctime_ns INTEGER, opened_at REAL, server TEXT, project TEXT, staging_id TEXT,"
+            " PRIMARY KEY (dev, ino, server, project))"
         )
         self._lock = threading.Lock()
         self._pending: list[tuple[int, int, int, int, int, float, str]] = []
@@ -63,6 +72,43 @@ class HashCache:
         if max(mtime_ns, ctime_ns) / 1e9 > hashed_at - RACY_SECONDS:
             return None
         return str(digest)
+
+    def area(self, st: os.stat_result, server: str, project: str) -> tuple[str, bool] | None:
+        """The staging area this file's parts were being sent into on ``server`` for ``project``, and
+        whether its parts can be trusted to be this file's (it is unchanged since)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, ctime_ns, opened_at, staging_id FROM areas"
+                " WHERE dev = ? AND ino = ? AND server = ? AND project = ?",
+                (st.st_dev, st.st_ino, server, project),
+            ).fetchone()
+        if row is None:
+            return None
+        return str(row[4]), self._valid(st, tuple(row)) is not None
+
+    def put_area(self, st: os.stat_result, server: str, project: str, staging_id: str) -> None:
+        """Remember an area at once (not at close): a process killed while sending keeps it."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO areas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    time.time(),
+                    server,
+                    project,
+                    staging_id,
+                ),
+            )
+
+    def forget_areas(self, staging_ids: list[str]) -> None:
+        if not staging_ids:
+            return
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM areas WHERE staging_id = ?", [(i,) for i in staging_ids])
 
     def put(self, st: os.stat_result, sha256: str, hashed_at: float | None = None) -> None:
         when = time.time() if hashed_at is None else hashed_at

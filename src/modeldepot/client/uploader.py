@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +25,7 @@ from ..errors import (
     ConnectionFailed,
     IntegrityError,
     ModeldepotError,
+    NotFound,
     PermissionDenied,
     ServerError,
     Unauthenticated,
@@ -63,11 +65,15 @@ class Uploader:
         sizes = [st.st_size for st in stats]
         cache = self.client.hash_cache()
         # Large files not hashed before: their parts go out while they are hashed (the server keeps
-        # them in staging areas the manifest then names); the rest is hashed first, then sent.
+        # them in staging areas the manifest then names); the rest is hashed first, then sent. So do
+        # those whose area an earlier run, cut off before its manifest, left with some parts in it.
         early = [
             local
             for (_, local), st in zip(entries, stats, strict=True)
-            if st.st_size > self.client.send_while_hashing and (cache is None or cache.get(st) is None)
+            if st.st_size > self.client.send_while_hashing
+            and (
+                cache is None or cache.get(st) is None or cache.area(st, self.client.url, project) is not None
+            )
         ]
         ahead = _SendAhead(self, project, early) if early else None
         try:
@@ -81,9 +87,9 @@ class Uploader:
                     manifest = transfer.build_manifest(entries, self.bar.advance, cache=cache)
                 finally:
                     self.bar.finish()
-        except BaseException:
+        except BaseException as exc:
             if ahead is not None:
-                ahead.cancel()
+                ahead.cancel(keep=isinstance(exc, RESUMABLE))
             raise
         files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f, _ in manifest]
         body = {**meta, "tags": sorted(meta.get("tags") or []), "files": files}
@@ -99,9 +105,9 @@ class Uploader:
                     plan = self.client._json(
                         "POST", f"/projects/{transfer.quote_segment(project)}/models", json=body
                     )
-                except BaseException:
+                except BaseException as exc:
                     if ahead is not None:
-                        ahead.cancel()
+                        ahead.cancel(keep=isinstance(exc, RESUMABLE))
                     raise
                 model_id = plan["model"]["id"]
                 if ahead is not None:
@@ -237,10 +243,15 @@ class _SendAhead:
     Once the manifest is known the upload names the areas (``staged``): for content the server
     still needs, the parts keep going and the normal flow then finds them received; for content it
     already has, sending stops. Any failure here only means those parts are sent again later.
+
+    Each area is remembered in the digest cache as soon as it is open, until the manifest names it:
+    an upload cut off before that (Ctrl-C, a lost connection, a killed process) finds it again when
+    run again, and sends only the parts that did not arrive.
     """
 
     def __init__(self, uploader: Uploader, project: str, files: list[Path]):
         self.client = uploader.client
+        self.cache = uploader.client.hash_cache()
         self.bar = uploader.bar
         self.project = project
         self.files = files
@@ -254,31 +265,60 @@ class _SendAhead:
     def start(self) -> bool:
         """Open the staging areas and start sending; False if the server offers none (nothing sent)."""
         url = f"/projects/{transfer.quote_segment(self.project)}/stagings"
-        total = 0
+        total = arrived = 0
         for local in self.files:
-            size = local.stat().st_size
+            st = local.stat()
             try:
-                area = self.client._json("POST", url, json={"size": size})
+                area = self._resumed(st)
+                if area is None:
+                    area = self.client._json("POST", url, json={"size": st.st_size})
+                    if self.cache is not None:
+                        self.cache.put_area(st, self.client.url, self.project, area["id"])
             except (Unauthenticated, PermissionDenied):
                 self.cancel()
                 raise
-            except ModeldepotError:
+            except ModeldepotError as exc:
                 # E.g. a server without staging areas, or a bad project: the normal flow says why.
-                self.cancel()
+                self.cancel(keep=isinstance(exc, RESUMABLE))
                 return False
             self.areas[local] = area
-            total += size
+            total += st.st_size
+            arrived += sum(int(p["size"]) for p in area["parts"] if p.get("received"))
         self.bar.start("uploading", total)
         self.bar_started = True
+        if arrived:
+            self.bar.advance(arrived)
         for local, area in self.areas.items():
             stop = self.stop[local] = threading.Event()
+            parts = [p for p in area["parts"] if not p.get("received")]
             if area.get("in_order"):  # one after the other (see Uploader._put_parts)
-                self.futures[local] = [self.pool.submit(self._send_all, local, area["parts"], stop)]
+                self.futures[local] = [self.pool.submit(self._send_all, local, parts, stop)]
             else:
-                self.futures[local] = [
-                    self.pool.submit(self._send, local, part, stop) for part in area["parts"]
-                ]
+                self.futures[local] = [self.pool.submit(self._send, local, part, stop) for part in parts]
         return True
+
+    def _resumed(self, st: os.stat_result) -> dict[str, Any] | None:
+        """The area an earlier run, cut off before its manifest, sent this file's parts into (with
+        which of them arrived), if the server still has it for this key; else None."""
+        if self.cache is None:
+            return None
+        found = self.cache.area(st, self.client.url, self.project)
+        if found is None:
+            return None
+        staging_id, trusted = found
+        url = f"/stagings/{transfer.quote_segment(staging_id)}"
+        area = None
+        try:
+            if trusted:
+                area = self.client._json("POST", f"{url}/parts")
+            else:  # the file changed since (or just before): its parts there may be another's
+                self.client._request("DELETE", url)
+        except NotFound:
+            pass  # expired, or taken over by the upload that then stopped: start afresh
+        if area is None or int(area["size"]) != st.st_size:
+            self.cache.forget_areas([staging_id])
+            return None
+        return area
 
     def _send(self, local: Path, part: dict[str, Any], stop: threading.Event) -> None:
         if stop.is_set():
@@ -314,12 +354,21 @@ class _SendAhead:
                 future.result()
         finally:
             self._close(keep)
+            # Named (the upload resumes them now) or dropped: nothing to find again.
+            self._forget(list(self.areas))
 
-    def cancel(self) -> None:
-        """Stop sending and drop every staging area (on failure, before the manifest named them)."""
+    def cancel(self, keep: bool = False) -> None:
+        """Stop sending (on failure, before the manifest named the areas) and drop every staging
+        area; ``keep``: keep them and remember them, for the upload to resume when run again."""
         for stop in self.stop.values():
             stop.set()
-        self._close(set())
+        self._close(set(self.areas) if keep else set())
+        if not keep:
+            self._forget(list(self.areas))
+
+    def _forget(self, files: list[Path]) -> None:
+        if self.cache is not None:
+            self.cache.forget_areas([self.areas[local]["id"] for local in files])
 
     def _close(self, keep: set[Path]) -> None:
         """Wait for the parts on their way, and drop the areas not kept."""

@@ -216,6 +216,14 @@ class BlobRows:
             row = conn.execute(select(t.stagings).where(t.stagings.c.id == staging_id)).mappings().first()
         return None if row is None else _staging(row)
 
+    def renew_staging(self, staging_id: str, expires_at: datetime) -> bool:
+        """Give a staging area no upload has named a new expiry (False: there is no such area)."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(t.stagings).where(t.stagings.c.id == staging_id).values(expires_at=expires_at)
+            )
+            return done.rowcount == 1
+
     def count_stagings(self, created_by: str) -> int:
         with self.engine.connect() as conn:
             return int(conn.scalar(select(func.count()).where(t.stagings.c.created_by == created_by)) or 0)

@@ -252,17 +252,46 @@ class UploadService:
         except BaseException:
             self.blobs.abort_staging(staging_id)
             raise
-        parts = tuple(
-            Part(
-                number=number,
-                offset=offset,
-                size=part,
-                received=False,
-                url=self.blobs.presign_part(staging_id, number, url_ttl, offset=offset, size=part),
-            )
-            for number, offset, part in _layout(size, staging.part_size)
+        return StagedPlan(
+            staging=staging,
+            parts=self._part_list(staging_id, size, staging.part_size, url_ttl, {}),
+            in_order=self.blobs.parts_in_order,
         )
-        return StagedPlan(staging=staging, parts=parts, in_order=self.blobs.parts_in_order)
+
+    def resume_staging(self, principal: Principal, staging_id: str, *, url_ttl: int = 3600) -> StagedPlan:
+        """A staging area this key opened and no upload has named yet, with the parts that arrived:
+        a client cut off while it sent parts ahead (before its manifest) goes on where it stopped. The
+        area gets the full upload expiry again."""
+        staging = self._own_staging(principal, staging_id)
+        now = datetime.now(UTC)
+        if staging.expires_at <= now:
+            raise _no_staging(staging_id)  # the collector may be removing it right now
+        expires_at = now + self.limits.upload_expiry
+        if not self.store.renew_staging(staging_id, expires_at):
+            raise _no_staging(staging_id)
+        staging = dataclasses.replace(staging, expires_at=expires_at)
+        received = self.blobs.received_parts(staging_id)
+        return StagedPlan(
+            staging=staging,
+            parts=self._part_list(staging_id, staging.size, staging.part_size, url_ttl, received),
+            in_order=self.blobs.parts_in_order,
+        )
+
+    def _part_list(
+        self, staging_id: str, size: int, part_size: int, url_ttl: int, received: dict[int, int]
+    ) -> tuple[Part, ...]:
+        """The parts of a staging area; those not received (in ``received`` at their full size) get
+        a URL to send them to (None: PUT them to the API)."""
+        parts = []
+        for number, offset, part in _layout(size, part_size):
+            done = received.get(number) == part
+            url = (
+                None
+                if done
+                else self.blobs.presign_part(staging_id, number, url_ttl, offset=offset, size=part)
+            )
+            parts.append(Part(number=number, offset=offset, size=part, received=done, url=url))
+        return tuple(parts)
 
     def _own_staging(self, principal: Principal, staging_id: str) -> Staging:
         staging = self.store.get_staging(staging_id)
@@ -446,20 +475,11 @@ class UploadService:
                 self.blobs.abort_staging(staging_id)
                 return self.parts(principal, model_id, sha256, url_ttl=url_ttl)
         received = self.blobs.received_parts(staging_id)
-        parts = []
-        for number, offset, size in _layout(pending.size, part_size):
-            done = received.get(number) == size
-            url = (
-                None
-                if done
-                else self.blobs.presign_part(staging_id, number, url_ttl, offset=offset, size=size)
-            )
-            parts.append(Part(number=number, offset=offset, size=size, received=done, url=url))
         return PartPlan(
             sha256=pending.sha256,
             size=pending.size,
             part_size=part_size,
-            parts=tuple(parts),
+            parts=self._part_list(staging_id, pending.size, part_size, url_ttl, received),
             in_order=self.blobs.parts_in_order,
         )
 

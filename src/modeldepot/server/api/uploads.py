@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ...errors import IntegrityError
 from ...records import to_json
 from ...services.ports import BlobWriter
+from ...services.uploads import StagedPlan
 from ..deps import PrincipalDep, ServicesDep
 from ..streams import consume_body
 
@@ -203,13 +204,27 @@ def create_staging(
     The client sends the parts while it hashes, then names the area in its manifest (``staged`` of
     ``POST …/models``): a blob the server still needs takes the area over, parts and all.
     """
-    plan = services.uploads.stage(principal, project_id, body.size)
+    return _staged(services.uploads.stage(principal, project_id, body.size), request)
+
+
+@router.post("/stagings/{staging_id}/parts")
+def resume_staging(staging_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
+    """A staging area this key opened and no upload has named yet, with the parts that arrived.
+
+    For a client that was cut off while it sent parts ahead: it sends the parts not ``received`` and
+    names the area in its manifest as before. The area gets the full upload expiry again.
+    """
+    return _staged(services.uploads.resume_staging(principal, staging_id), request)
+
+
+def _staged(plan: StagedPlan, request: Request) -> dict[str, Any]:
     sid = plan.staging.id
     parts = [
         {
             "number": p.number,
             "offset": p.offset,
             "size": p.size,
+            "received": p.received,
             "url": p.url or str(request.url_for("put_staged_part", staging_id=sid, number=p.number)),
         }
         for p in plan.parts
