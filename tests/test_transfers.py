@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import tarfile
 import threading
 import time
@@ -132,6 +133,50 @@ def test_an_interrupted_upload_resumes_without_resending(small_parts: RunningSer
         out = tmp_path / "out"
         admin.download(model.id, out)
         assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+
+
+class CtrlCAfter(StopAfter):
+    """Presses Ctrl-C (SIGINT to the main thread) once ``limit`` bytes went out or were hashed, and
+    keeps counting what is reported after that."""
+
+    def __init__(self, limit: int, phase: str = "uploading"):
+        super().__init__(limit)
+        self.watched = phase
+        self.seen = 0
+        self.pressed = False
+
+    def advance(self, n: int) -> None:
+        if self.phase == self.watched:
+            self.seen += n
+            if not self.pressed and self.seen >= self.limit:
+                self.pressed = True
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+def test_ctrl_c_stops_hashing_and_sending_at_once(small_parts: RunningServer, tmp_path: Path) -> None:
+    """Ctrl-C comes back within a piece of work, not once every file is hashed or the blob whose parts
+    are going out one after the other is sent whole."""
+    data = os.urandom(96 * MiB)
+    src = write_tree(tmp_path / "m", {"big.bin": data})
+    with small_parts.client() as admin:
+        admin.parallel = 1
+        admin.send_while_hashing = 10**15  # hash first, then send (send-ahead has its own test)
+        project = admin.create_project("p").id
+        hashing = CtrlCAfter(8 * MiB, phase="hashing")
+        with pytest.raises(KeyboardInterrupt):
+            admin.upload(src, project=project, name="r", progress=hashing)
+        assert hashing.seen < 32 * MiB, hashing.seen  # not the whole 96 MiB
+        assert admin.list_models(project=project, state="any").items == ()
+        sending = CtrlCAfter(3 * MiB)
+        with pytest.raises(KeyboardInterrupt):
+            admin.upload(src, project=project, name="r", progress=sending)
+        assert sending.seen < 32 * MiB, sending.seen  # parts of 1 MiB: a few more at most
+        (pending,) = admin.list_models(project=project, state="uploading").items
+        model = admin.upload(src, project=project, name="r")
+        assert model.id == pending.id and model.state == "ready"
+        out = tmp_path / "out"
+        admin.download(model.id, out)
+        assert (out / "big.bin").read_bytes() == data
 
 
 def test_the_same_content_under_two_models_at_once_then_gc(
@@ -382,9 +427,9 @@ def test_the_digest_cache_skips_unchanged_files_and_never_trusts_a_changed_one(
     read: list[Path] = []
     real = transfer.sha256_file
 
-    def counting(path: Path, on_bytes: object = None) -> str:
+    def counting(path: Path, on_bytes: object = None, stop: threading.Event | None = None) -> str:
         read.append(path)
-        return real(path, on_bytes)
+        return real(path, on_bytes, stop)
 
     transfer.sha256_file = counting  # type: ignore[assignment]
     try:

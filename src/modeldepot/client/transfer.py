@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -25,10 +26,17 @@ GROUP_FILES = 256
 GROUP_BYTES = 16 * 1024 * 1024
 
 
-def sha256_file(path: Path, on_bytes: object = None) -> str:
+class Stopped(Exception):
+    """Work given up because the caller stopped waiting for it (Ctrl-C, or another file failed)."""
+
+
+def sha256_file(path: Path, on_bytes: object = None, stop: threading.Event | None = None) -> str:
+    """The file's sha256, read in CHUNK pieces; raises Stopped soon after ``stop`` is set."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
+            if stop is not None and stop.is_set():
+                raise Stopped(f"hashing {path} was stopped")
             digest.update(chunk)
             if callable(on_bytes):
                 on_bytes(len(chunk))
@@ -93,7 +101,7 @@ def build_manifest(
                     on_bytes(size)
             else:
                 started = time.time()
-                digest = sha256_file(local, on_bytes)
+                digest = sha256_file(local, on_bytes, stop)
                 if cache is not None:
                     cache.put(st, digest, started)
         except FileNotFoundError:
@@ -115,8 +123,17 @@ def build_manifest(
             start, count, size = index + 1, 0, 0
     if start < len(entries):
         groups.append(range(start, len(entries)))
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2)) as pool:
+    # On Ctrl-C (or a file that fails) the other threads stop within a CHUNK, and the groups not
+    # started are dropped: waiting for them would keep Ctrl-C waiting until every file is hashed.
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2))
+    try:
         return [item for done in pool.map(group, groups) for item in done]
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iterator[bytes]:

@@ -152,6 +152,7 @@ class Uploader:
             )
         if todo:  # no empty bar when everything arrived ahead (only completing is left)
             self.bar.start("uploading", todo)
+        stop = threading.Event()  # set on failure or Ctrl-C: a blob's parts in order go no further
         try:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
                 futures: list[Future[None]] = []
@@ -160,7 +161,7 @@ class Uploader:
                 for item, parts in plans:
                     local = local_of[item["sha256"]]
                     if parts is not None:
-                        futures += self._put_parts(pool, parts, local)
+                        futures += self._put_parts(pool, parts, local, stop)
                     elif item["size"] <= SMALL_BLOB:
                         if batch and (batch_bytes + item["size"] > BATCH_BYTES or len(batch) >= BATCH_COUNT):
                             futures.append(pool.submit(self._put_batch, batch, local_of))
@@ -171,7 +172,11 @@ class Uploader:
                         futures.append(pool.submit(self._put_whole, item, local))
                 if batch:
                     futures.append(pool.submit(self._put_batch, batch, local_of))
-                transfer.wait_all(futures)
+                try:
+                    transfer.wait_all(futures)
+                except BaseException:
+                    stop.set()  # before the pool waits for what is running
+                    raise
         finally:
             if todo:
                 self.bar.finish()
@@ -200,7 +205,9 @@ class Uploader:
             timeout=httpx.Timeout(None, connect=10.0),
         )
 
-    def _put_parts(self, pool: ThreadPoolExecutor, plan: dict[str, Any], local: Path) -> list[Future[None]]:
+    def _put_parts(
+        self, pool: ThreadPoolExecutor, plan: dict[str, Any], local: Path, stop: threading.Event
+    ) -> list[Future[None]]:
         todo = [p for p in plan["parts"] if not p["received"]]
         remaining = [len(todo)]
         lock = threading.Lock()
@@ -230,6 +237,8 @@ class Uploader:
             # the other, it reads none of them back (the other files' parts still go meanwhile).
             def send_all() -> None:
                 for part in todo:
+                    if stop.is_set():
+                        return  # the upload failed or was interrupted: run it again to go on
                     send(part)
 
             return [pool.submit(send_all)]
