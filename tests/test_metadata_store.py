@@ -6,7 +6,9 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 
+from modeldepot.errors import StorageFull
 from modeldepot.metadata import SqlMetadataStore
 from modeldepot.records import Alias, ApiKey, ModelFile, Project
 from modeldepot.services import ids
@@ -178,3 +180,29 @@ def test_keys_by_hash(store: SqlMetadataStore) -> None:
     key = store.get_key("ak2")
     assert key is not None and key.key.revoked and key.key.roles == {pid: "admin"}
     assert [k.id for k in store.list_keys(pid)] == ["ak2"]
+
+
+def test_a_full_database_disk_is_storage_full_and_changes_nothing(tmp_path) -> None:
+    """SQLITE_FULL (here from a page limit; a full disk gives the same error) is the documented
+    storage_full error, not an unexpected one, and the write that met it left nothing behind."""
+    store = SqlMetadataStore(f"sqlite:///{tmp_path / 'full.db'}")
+    store.migrate()
+    _project(store)
+
+    @event.listens_for(store.engine, "connect")
+    def _limit(dbapi_conn, _record) -> None:
+        pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0]
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    store.engine.dispose()  # new connections, each held to the pages the database has now
+    made = ["p"]
+    try:
+        with pytest.raises(StorageFull, match="disk is full") as caught:
+            for i in range(200):
+                name = f"p{i}" + "x" * 2000
+                _project(store, name)
+                made.append(name)
+        assert "Free space on the disk" in (caught.value.hint or "")
+        assert sorted(p.name for p in store.list_projects(None)) == sorted(made)
+    finally:
+        store.close()

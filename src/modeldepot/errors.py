@@ -114,7 +114,7 @@ class PayloadTooLarge(ModeldepotError):
 
 
 class StorageFull(ModeldepotError):
-    """The blob store has no room left."""
+    """The blob store, or the disk of the metadata database, has no room left."""
 
     code = "storage_full"
     status = 507

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from ..errors import StorageFull
 from ..records import Alias, ApiKey, Model, ModelFile, Project
 from ..services.ports import ModelQuery, NewModel, StoredKey
 from . import tables as t
@@ -34,6 +36,15 @@ from .blob_rows import BlobRows
 from .workload_rows import WorkloadRows
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether a driver's error says the database's disk (or its size limit) is full: SQLite's
+    SQLITE_FULL, PostgreSQL's disk_full (53100)."""
+    return (
+        getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(error, "sqlstate", None) == "53100"
+    )
 
 
 def make_engine(url: str) -> Engine:
@@ -87,8 +98,17 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        except sa_exc.DBAPIError as exc:
+            if _disk_full(exc.orig):
+                raise StorageFull(
+                    "The metadata database's disk is full; nothing was changed",
+                    hint="Free space on the disk of the server's data directory (or of the database), "
+                    "then try again.",
+                ) from exc
+            raise
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
