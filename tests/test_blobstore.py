@@ -8,9 +8,13 @@ but the last at least 5 MiB) and stays small, so the whole file runs in seconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -725,3 +729,38 @@ def test_s3_finishing_reads_the_object_back_in_ranges(
             s3_store.finish_staging(staging_id, sha(data), size)
         assert s3_store.size(sha(data)) is None
     assert leftovers(s3_store) == []
+
+
+def test_local_a_short_write_is_written_again_and_never_counted_as_stored(tmp_path: Path) -> None:
+    """A write that the disk cuts short (a nearly full disk does; here a file size limit, in a process
+    of its own) is written again, which fails; the bytes that did not land are never stored under
+    the blob's sha256. Before, the short write was counted whole: after more room, the next writes
+    landed and a file with a hole in it was published as the blob (found with a full tmpfs)."""
+    script = textwrap.dedent(
+        """
+        import hashlib, resource, signal, sys
+        from modeldepot.blobs import LocalBlobStore
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+        store = LocalBlobStore(sys.argv[1])
+        writer = store.writer()
+        chunks = [b"a" * 1_000_000, b"b" * 1_000_000, b"c" * 1_000_000]
+        writer.write(chunks[0])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, resource.RLIM_INFINITY))
+        try:
+            writer.write(chunks[1])  # 500,000 bytes land
+        except OSError as exc:
+            print("refused", exc.errno)
+            sys.exit(0)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        writer.write(chunks[2])  # room again, as when another upload's bytes are freed
+        print("stored", writer.commit_computed()[0])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "blobs")], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["refused", str(errno.EFBIG)], done.stdout + done.stderr
+    store = LocalBlobStore(tmp_path / "blobs")
+    assert list(store.iter_blobs()) == []
+    assert [p for p in (tmp_path / "blobs" / "tmp").rglob("*") if p.is_file()] == []

@@ -75,7 +75,11 @@ class LocalBlobWriter:
 
     def write(self, chunk: bytes) -> None:
         try:
-            self._file.write(chunk)
+            # A write may be short (a nearly full disk, a file size limit): the rest is written
+            # again, which either lands or fails; bytes not on disk must never be counted as stored.
+            view = memoryview(chunk).cast("B")
+            while view:
+                view = view[self._file.write(view) :]
         except OSError as exc:
             self.abort()
             if exc.errno == errno.ENOSPC:
@@ -687,6 +691,25 @@ class LocalBlobStore:
             return sorted(p.name for p in (self.root / "staging").iterdir())
         except FileNotFoundError:
             return []
+
+    def orphan_temporaries(self, cutoff: datetime) -> list[str]:
+        """Temporary files of whole-blob writes (``tmp/t*/upload-*``) last written before ``cutoff``:
+        left by a server that was killed while it received them (a live writer writes, checks and
+        publishes its file within moments of its last byte)."""
+        found = []
+        for path in sorted(self.tmp_dir.glob("t*/upload-*")):
+            try:
+                if path.stat().st_mtime < cutoff.timestamp():
+                    found.append(path.relative_to(self.tmp_dir).as_posix())
+            except FileNotFoundError:
+                continue  # published or discarded meanwhile
+        return found
+
+    def remove_temporary(self, name: str) -> None:
+        folder, _, file = name.partition("/")
+        if not (folder.startswith("t") and file.startswith("upload-") and "/" not in file):
+            raise ValueError(f"bad temporary file name {name!r}")
+        (self.tmp_dir / folder / file).unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -825,3 +825,10 @@ class S3BlobStore:
     def staging_ids(self) -> list[str]:
         """Open stagings, and (by their bare 24-hex id) completed ones that were never published."""
         return sorted(i for i, _ in self._stagings() if len(i) >= _RANDOM_LEN and i.isalnum())
+
+    def orphan_temporaries(self, cutoff: datetime) -> list[str]:
+        """None: this store keeps no temporary files (a writer's parts are the upload's own)."""
+        return []
+
+    def remove_temporary(self, name: str) -> None:
+        raise ValueError(f"bad temporary file name {name!r}")

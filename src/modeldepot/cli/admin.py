@@ -32,8 +32,9 @@ def gc(dry_run: bool, grace_seconds: int | None, as_json: bool) -> None:
     verb = "Would reclaim" if dry_run else "Reclaimed"
     click.echo(
         f"{verb} {human_size(report['bytes_reclaimed'])} in {report['blobs_deleted']} blob(s); "
-        f"{report['uploads_expired']} expired upload(s) and {report.get('orphan_stagings_removed', 0)} "
-        f"orphaned staging area(s) {'to remove' if dry_run else 'removed'}"
+        f"{report['uploads_expired']} expired upload(s), {report.get('orphan_stagings_removed', 0)} "
+        f"orphaned staging area(s) and {report.get('temporary_files_removed', 0)} abandoned temporary "
+        f"file(s) {'to remove' if dry_run else 'removed'}"
     )
 
 

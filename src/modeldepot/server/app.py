@@ -105,14 +105,20 @@ async def _cleanup_loop(services: Services, gc_interval: float) -> None:
             if gc_interval and since_gc >= gc_interval:
                 since_gc = 0.0
                 report = await run_in_threadpool(services.maintenance.collect)
-                if report.blobs_deleted or report.uploads_expired or report.orphan_stagings_removed:
+                if (
+                    report.blobs_deleted
+                    or report.uploads_expired
+                    or report.orphan_stagings_removed
+                    or report.temporary_files_removed
+                ):
                     log.info(
                         "gc: %d blob(s), %d bytes reclaimed; %d expired upload(s), %d orphaned staging"
-                        " area(s) removed",
+                        " area(s) and %d abandoned temporary file(s) removed",
                         report.blobs_deleted,
                         report.bytes_reclaimed,
                         report.uploads_expired,
                         report.orphan_stagings_removed,
+                        report.temporary_files_removed,
                     )
             else:
                 removed = await run_in_threadpool(services.uploads.abort_expired)

@@ -16,7 +16,8 @@ from .ports import BlobStore, MetadataStore
 from .uploads import UploadService
 
 # A staging area the metadata does not know is an orphan (a crash came between opening it and
-# recording it) once it has been idle this long; younger ones may be about to be recorded.
+# recording it) once it has been idle this long; younger ones may be about to be recorded. So is a
+# temporary file of a whole-blob write (a crash came while it was received).
 ORPHAN_STAGING_AGE = timedelta(hours=1)
 
 
@@ -27,6 +28,7 @@ class GcReport:
     bytes_reclaimed: int
     uploads_expired: int
     orphan_stagings_removed: int = 0
+    temporary_files_removed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +53,18 @@ class Maintenance:
         self.grace = grace
 
     def collect(self, *, dry_run: bool = False, grace: timedelta | None = None) -> GcReport:
-        """Remove expired uploads and orphaned staging areas, then every unreferenced blob untouched
-        for ``grace``."""
+        """Remove expired uploads, orphaned staging areas and temporary files, then every unreferenced
+        blob untouched for ``grace``."""
         now = datetime.now(UTC)
         cutoff = now - (self.grace if grace is None else grace)
         expired = len(self.store.expired_uploads(now)) if dry_run else self.uploads.abort_expired()
         orphans = self.blobs.orphan_stagings(self.store.all_staging_ids(), now - ORPHAN_STAGING_AGE)
+        temporaries = self.blobs.orphan_temporaries(now - ORPHAN_STAGING_AGE)
         if not dry_run:
             for staging_id in orphans:
                 self.blobs.abort_staging(staging_id)
+            for name in temporaries:
+                self.blobs.remove_temporary(name)
         deleted = reclaimed = 0
         seen: set[str] = set()
         while True:
@@ -81,6 +86,7 @@ class Maintenance:
             bytes_reclaimed=reclaimed,
             uploads_expired=expired,
             orphan_stagings_removed=len(orphans),
+            temporary_files_removed=len(temporaries),
         )
 
     def fsck(self) -> FsckReport:
