@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from modeldepot import Client, Conflict, IntegrityError, InvalidInput
+from modeldepot.client.hashcache import HashCache
 
 from .conftest import RunningServer, make_settings, running_server, write_tree
 
@@ -232,6 +233,24 @@ def test_gc_removes_temporary_files_a_killed_server_left_once_idle_for_an_hour(
         live.commit_computed()  # the live writer was left alone
         assert admin.gc()["temporary_files_removed"] == 0
     left.abort()
+
+
+def test_a_large_file_whose_bytes_no_longer_match_its_digest_is_named_in_the_error(
+    small_parts: RunningServer, tmp_path: Path
+) -> None:
+    """A large file that changed after it was hashed (here: a digest cache that says so) fails its
+    check on the server, whose words name no file; the error names it, and no model is left."""
+    f = write_tree(tmp_path / "m", {"w.bin": os.urandom(3 * MiB)}) / "w.bin"
+    cache = HashCache(tmp_path / "hashes.db")
+    st = f.stat()
+    cache.put(st, hashlib.sha256(b"what it held before").hexdigest(), hashed_at=st.st_mtime + 5)
+    cache.close()
+    with Client(small_parts.url, small_parts.admin_key, hash_cache=tmp_path / "hashes.db") as c:
+        project = c.create_project("p").id
+        with pytest.raises(IntegrityError, match="changed while it was being uploaded") as caught:
+            c.upload(f, project=project, name="m")
+        assert str(f) in caught.value.detail and "parts add up to" in caught.value.detail
+        assert c.list_models(project=project, state="any").items == ()
 
 
 def test_content_an_upload_counts_on_is_not_collected(small_parts: RunningServer, tmp_path: Path) -> None:

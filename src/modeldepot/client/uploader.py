@@ -213,7 +213,13 @@ class Uploader:
         lock = threading.Lock()
 
         def complete() -> None:
-            self.client._request("POST", plan["complete_url"])
+            try:
+                self.client._request("POST", plan["complete_url"])
+            except IntegrityError as exc:  # the server's words name no file
+                raise IntegrityError(
+                    f"{local} changed while it was being uploaded, or was damaged on the way ({exc.detail})",
+                    hint=exc.hint,
+                ) from exc
 
         def send(part: dict[str, Any]) -> None:
             offset, size = int(part["offset"]), int(part["size"])
