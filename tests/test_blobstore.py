@@ -764,3 +764,20 @@ def test_local_a_short_write_is_written_again_and_never_counted_as_stored(tmp_pa
     store = LocalBlobStore(tmp_path / "blobs")
     assert list(store.iter_blobs()) == []
     assert [p for p in (tmp_path / "blobs" / "tmp").rglob("*") if p.is_file()] == []
+
+
+def test_local_blobs_are_readable_by_the_server_alone_however_they_arrived(tmp_path: Path) -> None:
+    """Whole blobs were 0600 and blobs from parts 0644 (readable by every user of the machine)."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    whole = blob(1000, seed=1)
+    writer = store.writer()
+    writer.write(whole)
+    writer.commit(sha(whole), len(whole))
+    parted = blob(2 * PART + 1000, seed=2)
+    staging_id = store.begin_staging(len(parted))
+    for number, offset, chunk in _parts(parted):
+        store.write_part(staging_id, number, offset, len(chunk), [chunk], None)
+    store.finish_staging(staging_id, sha(parted), len(parted))
+    for data in (whole, parted):
+        path = store.local_path(sha(data))
+        assert path is not None and path.stat().st_mode & 0o777 == 0o600

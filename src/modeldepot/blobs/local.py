@@ -406,8 +406,14 @@ class LocalBlobStore:
         area = self._staging(staging_id)
         (area / "parts").mkdir(parents=True)
         try:
-            with (area / "data").open("wb") as f:
-                f.truncate(size)
+            # Readable by the server alone, as whole blobs are (their temporary files are 0600).
+            fd = os.open(
+                area / "data", os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
+            )
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
         except OSError as exc:
             shutil.rmtree(area, ignore_errors=True)
             if exc.errno == errno.EFBIG:
