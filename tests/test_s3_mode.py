@@ -126,3 +126,21 @@ def test_parts_sent_while_hashing_go_straight_to_s3(s3_server: RunningServer, tm
         assert admin.fsck()["ok"]
         store = s3_server.app.state.services.models.blobs  # type: ignore[attr-defined]
         assert store.staging_ids() == []
+
+
+def test_fsck_reports_a_blob_whose_bytes_are_gone_from_the_bucket_as_missing(
+    s3_server: RunningServer, tmp_path: Path
+) -> None:
+    """With a pointer, the pointer stays and says the size while the object it names is gone: fsck
+    failed with a 500 and reported nothing. It reports the blob missing and checks the others."""
+    big = os.urandom(6 * MiB)
+    src = write_tree(tmp_path / "m", {"weights.bin": big, "config.json": b"{}"})
+    with s3_server.client() as admin:
+        project = admin.create_project("p").id
+        admin.upload(src, project=project, name="m")
+        store = s3_server.app.state.services.models.blobs  # type: ignore[attr-defined]
+        digest = hashlib.sha256(big).hexdigest()
+        key, _ = store._resolve(digest)
+        store.client.delete_object(Bucket=store.bucket, Key=key)
+        report = admin.fsck()
+        assert report["missing"] == [digest] and report["blobs_checked"] == 1 and not report["ok"]

@@ -101,8 +101,12 @@ class Maintenance:
                 missing.append(sha)
                 continue
             digest = hashlib.sha256()
-            for chunk in self.blobs.read(sha, 4 * 1024 * 1024):
-                digest.update(chunk)
+            try:
+                for chunk in self.blobs.read(sha, 4 * 1024 * 1024):
+                    digest.update(chunk)
+            except FileNotFoundError:  # gone meanwhile, or an S3 pointer whose bytes are gone
+                missing.append(sha)
+                continue
             checked, checked_bytes = checked + 1, checked_bytes + have
             if have != size or digest.hexdigest() != sha:
                 corrupt.append(sha)
