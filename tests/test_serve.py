@@ -97,3 +97,19 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         )
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr and "--port" in proc.stderr
+
+
+def test_an_invalid_setting_names_the_option_or_the_variable_that_sets_it(tmp_path: Path) -> None:
+    """A setting that `serve` takes no option for was said to be checked at an option that does not
+    exist (--upload-expiry-seconds)."""
+
+    def start(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "modeldepot.cli", "serve", "--data-dir", str(tmp_path), *args]
+        return subprocess.run(command, env=_env(**env), capture_output=True, text=True, timeout=60)
+
+    expiry = start([], MODELDEPOT_UPLOAD_EXPIRY_SECONDS="5")
+    assert expiry.returncode == 1
+    assert "setting upload_expiry_seconds is invalid" in expiry.stderr
+    assert "Hint: Check MODELDEPOT_UPLOAD_EXPIRY_SECONDS." in expiry.stderr
+    port = start(["--port", "70000"])
+    assert port.returncode == 1 and "Hint: Check the --port option or MODELDEPOT_PORT." in port.stderr

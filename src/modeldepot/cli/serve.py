@@ -48,4 +48,4 @@ def serve(**options: Any) -> None:
     """
     from ..server.run import run  # the one place the CLI reaches the server side
 
-    run({k: v for k, v in options.items() if v is not None})
+    run({k: v for k, v in options.items() if v is not None}, options=set(options))

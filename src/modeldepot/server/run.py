@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Collection
 from typing import Any, NoReturn
 
 import click
@@ -23,15 +24,20 @@ def _fail(message: str, hint: str) -> NoReturn:
     sys.exit(1)
 
 
-def run(overrides: dict[str, Any]) -> None:
+def run(overrides: dict[str, Any], options: Collection[str] = ()) -> None:
+    """Start the server with these settings over the environment's; ``options``: the settings that
+    ``modeldepot serve`` takes as options (named in hints)."""
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "?"
+        where = f"MODELDEPOT_{name.upper()}"
         _fail(
             f"setting {name} is invalid: {first['msg']}",
-            f"Check the --{name.replace('_', '-')} option or MODELDEPOT_{name.upper()}.",
+            f"Check the --{name.replace('_', '-')} option or {where}."
+            if name in options
+            else f"Check {where}.",
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
