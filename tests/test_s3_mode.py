@@ -6,12 +6,17 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 import pytest
+
+from modeldepot import ServerError
 
 from .conftest import RunningServer, make_settings, running_server, write_tree
 from .seaweed import seaweedfs  # noqa: F401  (the session's SeaweedFS)
@@ -144,3 +149,51 @@ def test_fsck_reports_a_blob_whose_bytes_are_gone_from_the_bucket_as_missing(
         store.client.delete_object(Bucket=store.bucket, Key=key)
         report = admin.fsck()
         assert report["missing"] == [digest] and report["blobs_checked"] == 1 and not report["ok"]
+
+
+def test_serve_checks_the_bucket_and_credentials_at_start(seaweedfs: str, tmp_path: Path) -> None:  # noqa: F811
+    """A wrong bucket, wrong credentials or an endpoint nobody answers on stop `serve` at once with
+    what is wrong; before, it started and every upload then failed with "unexpected error"."""
+    parts = urlsplit(seaweedfs)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+
+    def serve(blob_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "modeldepot.cli", "serve", "--port", "0"]
+        command += ["--data-dir", str(tmp_path / secrets.token_hex(4)), "--blob-url", blob_url]
+        return subprocess.run(command, env=os.environ | env, capture_output=True, text=True, timeout=120)
+
+    no_bucket = serve(urlunsplit(parts._replace(netloc="no-such-bucket-here")))
+    assert no_bucket.returncode == 1, no_bucket.stderr
+    assert "The object store has no bucket 'no-such-bucket-here'" in no_bucket.stderr
+    assert "Hint: Create the bucket first." in no_bucket.stderr
+    refused = serve(seaweedfs, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    assert refused.returncode == 1 and "refused these credentials" in refused.stderr, refused.stderr
+    query = parts.query.replace(urlsplit(parse_qs(parts.query)["endpoint"][0]).netloc, f"127.0.0.1:{closed}")
+    away = serve(urlunsplit(parts._replace(query=query)))
+    assert away.returncode == 1 and "Cannot reach the object store" in away.stderr, away.stderr
+    assert "Traceback" not in no_bucket.stderr + refused.stderr + away.stderr
+
+
+def test_an_object_store_that_refuses_is_named_in_the_error_not_unexpected(
+    seaweedfs: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store that stops taking the server's requests (here: credentials it refuses, as after a
+    rotated secret) was a bare "unexpected error"; the answer now says the object store failed."""
+    parts = urlsplit(seaweedfs)
+    blob_url = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{secrets.token_hex(6)}"))
+    settings = make_settings(f"sqlite:///{tmp_path / 'meta.db'}", tmp_path / "data", blob_url=blob_url)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-since")  # read when the store opens
+    with running_server(settings) as running:
+        monkeypatch.undo()
+        src = write_tree(tmp_path / "m", {"config.json": b"{}"})
+        with running.client() as admin:
+            project = admin.create_project("p").id
+            with pytest.raises(ServerError, match="The server's object store failed") as caught:
+                admin.upload(src, project=project, name="m")
+            assert "SignatureDoesNotMatch" in caught.value.detail or "AccessDenied" in caught.value.detail
+            # Kept, for the same upload to resume once the store takes requests again.
+            assert [m.state for m in admin.list_models(project=project, state="any").items] == ["uploading"]

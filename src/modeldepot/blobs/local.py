@@ -273,6 +273,9 @@ class LocalBlobStore:
         except FileNotFoundError:
             return None
 
+    def check(self) -> None:
+        """Nothing to check: the folders were made (or failed to be) when the store opened."""
+
     def writer(self) -> LocalBlobWriter:
         return LocalBlobWriter(self)
 

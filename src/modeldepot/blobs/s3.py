@@ -47,7 +47,7 @@ try:
     import boto3
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 except ModuleNotFoundError:  # pragma: no cover - depends on the installed extras
     raise ModuleNotFoundError(
         "The s3:// blob store needs boto3: install `modeldepot[s3]`", name="boto3"
@@ -282,6 +282,10 @@ class S3BlobStore:
             # Most self-hosted stores answer only on their endpoint's host name: path style there.
             s3={"addressing_style": addressing or ("path" if endpoint_url else "auto")},
             retries={"mode": "standard", "max_attempts": 5},
+            # An endpoint that drops connections fails within half a minute, retries included,
+            # not five (60 s each by default). Reads keep the default 60 s: a large multipart
+            # upload's completion may take a while on some stores.
+            connect_timeout=5,
             max_pool_connections=32,
             # Checksums only where S3 requires them: the newer default (CRC trailers on every upload)
             # is not understood by every S3-compatible store. We send Content-MD5 and verify sha256.
@@ -329,6 +333,33 @@ class S3BlobStore:
 
     def close(self) -> None:
         self.client.close()
+
+    def check(self) -> None:
+        """Raise ServerError saying what is wrong unless the bucket is there and takes these
+        credentials (``modeldepot serve`` asks once at start, so a wrong setting fails there and not
+        with the first upload)."""
+        where = f"bucket {self.bucket!r} at {self.client.meta.endpoint_url}"
+        settings = "Check --blob-url (MODELDEPOT_BLOB_URL) and the AWS_* credentials the server runs with."
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise ServerError(
+                f"No credentials for the object store ({where})",
+                hint="Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or another source boto3 reads).",
+            ) from None
+        except ClientError as exc:
+            code = _code(exc)
+            if code in ("404", "NoSuchBucket"):
+                raise ServerError(
+                    f"The object store has no {where}", hint=f"Create the bucket first. {settings}"
+                ) from None
+            if code in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
+                raise ServerError(
+                    f"The object store refused these credentials for {where} ({code})", hint=settings
+                ) from None
+            raise ServerError(f"The object store answered {code} for {where}", hint=settings) from None
+        except BotoCoreError as exc:
+            raise ServerError(f"Cannot reach the object store for {where}: {exc}", hint=settings) from None
 
     # -- keys and small helpers shared with the writer ------------------------------------------------
 

@@ -74,6 +74,27 @@ def install(app: FastAPI) -> None:
         }
         return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM)
 
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ModuleNotFoundError:  # no s3:// blob store without boto3
+        pass
+    else:
+
+        async def _object_store(_request: Request, exc: Exception) -> JSONResponse:
+            # The object store of an s3:// blob URL failed (down, unreachable, refusing): say so.
+            # (A handler of its own class: one for Exception closes the connection after answering.)
+            log.error("the object store failed: %s: %s", type(exc).__name__, exc)
+            return problem_response(
+                ServerError(
+                    f"The server's object store failed: {exc}",
+                    hint="Retry once the object store is back; if it keeps failing, an admin should "
+                    "check the server's --blob-url and credentials.",
+                )
+            )
+
+        app.add_exception_handler(BotoCoreError, _object_store)
+        app.add_exception_handler(ClientError, _object_store)
+
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)

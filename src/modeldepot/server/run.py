@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
+from ..errors import ModeldepotError
 from .app import create_app
 from .dataplane import DataPlane, start_data_plane
 from .listen import bind
@@ -65,6 +66,11 @@ def run(overrides: dict[str, Any], options: Collection[str] = ()) -> None:
             f"cannot open the database {_redact(settings.resolved_database_url())}: {exc.__class__.__name__}",
             "Check --database-url (MODELDEPOT_DATABASE_URL) and that the database server is running.",
         )
+    try:
+        app.state.services.models.blobs.check()
+    except ModeldepotError as exc:
+        sock.close()
+        _fail(exc.detail, exc.hint or "See docs/reference/settings.md.")
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     url = settings.public_url or f"http://{shown_host}:{port}"
