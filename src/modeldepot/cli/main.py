@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.markup import escape
 
 from .._version import __version__
-from ..errors import ModeldepotError
+from ..errors import InvalidInput, ModeldepotError, StorageFull
 from . import admin, aliases, keys, models, projects, serve, workloads
 from .context import make_client, save_login, settings
 from .output import emit_json, err_console, fields, json_option
@@ -24,24 +26,71 @@ Start here:
   modeldepot models list --project pr…
   modeldepot run --project pr… --name resnet -- python train.py   # a model from a run
 
-Exit codes: 0 ok, 1 unexpected, 2 usage, 3 invalid input, 4 not found, 5 conflict,
-6 unauthenticated, 7 permission denied, 8 integrity, 9 storage full, 10 cannot reach server,
+Exit codes: 0 ok, 1 unexpected, 2 usage, 3 invalid input (also a local file that cannot
+be read or written), 4 not found, 5 conflict, 6 unauthenticated, 7 permission denied,
+8 integrity, 9 storage full (the server's, or the local disk), 10 cannot reach server,
 130 interrupted (Ctrl-C; an upload or download run again resumes).
 """
 
+# What to do about a local file-system error, by errno; {path} is the file, {folder} its directory.
+LOCAL_HINTS = {
+    errno.ENOSPC: (
+        "Free space on the disk of {folder}, then run the command again"
+        " (`models download` resumes where it stopped)."
+    ),
+    errno.EDQUOT: "Your disk quota for {folder} is used up: free space, then run the command again.",
+    errno.EACCES: "Check the permissions of {path} and of the directories above it.",
+    errno.EPERM: "Check the permissions of {path} and of the directories above it.",
+    errno.EROFS: "{folder} is on a read-only file system: choose another place.",
+    errno.ENOTDIR: "A file is where a directory is needed: give a directory, or move the file away.",
+    errno.EISDIR: "A directory is where a file should go: move it away, or choose another place.",
+    errno.EEXIST: "A file is where a directory is needed: move it away, or choose another place.",
+    errno.ENOENT: "Check the path.",
+    errno.EFBIG: "The file is larger than this file system or your file size limit (`ulimit -f`) allows.",
+}
+
+
+def local_error(exc: OSError) -> ModeldepotError | None:
+    """A local file-system error (an OSError that names its file: the SDK raises those as they are)
+    as the error the CLI reports: a full disk is storage full (exit 9), anything else invalid
+    input (exit 3). None for an OSError that names no file, which is not expected here."""
+    if exc.filename is None:
+        return None
+    path = os.fsdecode(exc.filename)
+    what = exc.strerror or str(exc)
+    if exc.filename2 is not None:
+        detail = f"Cannot move {path} to {os.fsdecode(exc.filename2)}: {what}"
+    else:
+        detail = f"{path}: {what}"
+    hint = LOCAL_HINTS.get(exc.errno or 0)
+    if hint is not None:
+        hint = hint.format(path=path, folder=os.path.dirname(os.path.abspath(path)))
+    cls = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else InvalidInput
+    return cls(detail, hint=hint)
+
+
+def _report(exc: ModeldepotError) -> NoReturn:
+    # Escaped: a detail such as "[step, value]" is text, not rich markup.
+    err_console.print(f"[bold red]Error:[/] {escape(exc.detail)}", highlight=False, soft_wrap=True)
+    if exc.hint:
+        err_console.print(f"[dim]Hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
+    sys.exit(exc.exit_code)
+
 
 class Group(click.Group):
-    """Turns every modeldepot error into one readable line and its documented exit code."""
+    """Turns every modeldepot error, and every local file-system error, into one readable line and
+    its documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ModeldepotError as exc:
-            # Escaped: a detail such as "[step, value]" is text, not rich markup.
-            err_console.print(f"[bold red]Error:[/] {escape(exc.detail)}", highlight=False, soft_wrap=True)
-            if exc.hint:
-                err_console.print(f"[dim]Hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
+            _report(exc)
+        except OSError as exc:
+            error = local_error(exc)
+            if error is None:
+                raise
+            _report(error)
 
 
 @click.group(cls=Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})

@@ -17,13 +17,15 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import ConnectionFailed, IntegrityError, error_from_problem
+from ..errors import ConnectionFailed, IntegrityError, ModeldepotError, error_from_problem
 
 SEND_SLICE = 8 * 1024 * 1024  # sendfile in slices of this size, to report progress
 BUFFER = 1024 * 1024
+
+_T = TypeVar("_T")
 
 _RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -108,14 +110,17 @@ class Bulk:
                 raise
         raise AssertionError("unreachable")
 
+    @classmethod
+    def _raise_for(cls, response: http.client.HTTPResponse) -> None:
+        raise cls._problem(response.status, response.read())
+
     @staticmethod
-    def _raise_for(response: http.client.HTTPResponse) -> None:
-        body = response.read()
+    def _problem(status: int, body: bytes) -> ModeldepotError:
         try:
             detail: Any = json.loads(body)
         except ValueError:
             detail = body.decode("utf-8", "replace")
-        raise error_from_problem(response.status, detail)
+        return error_from_problem(status, detail)
 
     def put_file(
         self,
@@ -173,33 +178,39 @@ class Bulk:
         With ``into`` the body is read straight into that buffer, one piece after the other, and
         ``sink`` gets each piece where it landed (a body larger than the buffer is an error). The
         body of any answer but 200 and 206 is not fed (a 3xx is returned for the caller to follow;
-        4xx and 5xx raise the error the body describes)."""
+        4xx and 5xx raise the error the body describes). Only reading from the connection fails
+        with ConnectionFailed: what ``sink`` or ``on_start`` raise (e.g. a full local disk) comes
+        out as it is."""
+        netloc = urlsplit(url).netloc
+
+        def receive(read: Callable[..., _T], *args: Any) -> _T:
+            try:
+                return read(*args)
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(url)
+                raise ConnectionFailed(f"The download from {netloc} was cut off: {exc}") from exc
+
         response = self._exchange("GET", url, {"Accept-Encoding": "identity", **(headers or {})}, None)
         with response:
             if response.status >= 400:
-                self._raise_for(response)
+                raise self._problem(response.status, receive(response.read))
             if response.status not in (200, 206):
-                response.read()
+                receive(response.read)
                 return response.status, response
             try:
                 if on_start is not None:
                     on_start(response.status)
                 if into is not None:
                     got = 0
-                    while got < len(into) and (n := response.readinto(into[got:])):
+                    while got < len(into) and (n := receive(response.readinto, into[got:])):
                         sink(into[got : got + n])
                         got += n
-                    if response.read(1):
-                        raise ConnectionFailed(f"{urlsplit(url).netloc} sent more than was asked for")
+                    if receive(response.read, 1):
+                        raise ConnectionFailed(f"{netloc} sent more than was asked for")
                 else:
                     buf = memoryview(bytearray(BUFFER))
-                    while n := response.readinto(buf):
+                    while n := receive(response.readinto, buf):
                         sink(buf[:n])
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(url)
-                raise ConnectionFailed(
-                    f"The download from {urlsplit(url).netloc} was cut off: {exc}"
-                ) from exc
             except BaseException:
                 self._drop(url)  # the rest of the body is still on the connection
                 raise

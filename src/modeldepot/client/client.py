@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -299,31 +300,44 @@ class Client:
         format: str = "zip",
         progress: Progress | None = None,
     ) -> Path:
-        """Save every file of a model as one zip or tar archive at ``dest``."""
+        """Save every file of a model as one zip or tar archive at ``dest``.
+
+        The archive is written as ``DEST.part`` and renamed when complete; on any failure (the
+        connection, or a local OSError such as a full disk, which names the file) the ``.part`` is
+        removed: an archive download does not resume.
+        """
         bar = progress or _NoProgress()
         target = Path(dest)
+        if target.is_dir():  # before a byte is fetched
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
         part = target.with_name(target.name + ".part")
         bar.start("downloading", self.get_model(model_id).size)
+        opened = False
         try:
-            with self._http.stream(
-                "GET",
-                f"/models/{transfer.quote_segment(model_id)}/archive",
-                params={"format": format},
-                timeout=httpx.Timeout(None, connect=10.0),
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._raise_for(response)
-                with part.open("wb") as out:
-                    for chunk in response.iter_bytes(transfer.CHUNK):
-                        out.write(chunk)
-                        bar.advance(len(chunk))
-        except httpx.TransportError as exc:
-            part.unlink(missing_ok=True)
-            raise ConnectionFailed(f"Download of the archive was cut off: {exc}") from exc
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/models/{transfer.quote_segment(model_id)}/archive",
+                    params={"format": format},
+                    timeout=httpx.Timeout(None, connect=10.0),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        self._raise_for(response)
+                    with transfer.naming(part), part.open("wb") as out:
+                        opened = True
+                        for chunk in response.iter_bytes(transfer.CHUNK):
+                            out.write(chunk)
+                            bar.advance(len(chunk))
+            except httpx.TransportError as exc:
+                raise ConnectionFailed(f"Download of the archive was cut off: {exc}") from exc
+            os.replace(part, target)
+        except BaseException:
+            if opened:
+                part.unlink(missing_ok=True)
+            raise
         finally:
             bar.finish()
-        os.replace(part, target)
         return target
 
     # -- storage maintenance (global admin) --------------------------------------------------------

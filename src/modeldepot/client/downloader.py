@@ -5,11 +5,16 @@ A file is written as ``NAME.part`` and renamed only once its hash matches, so a 
 file never sits under the final name. Large files are fetched in ranges on several connections into
 a preallocated ``NAME.part``; ``NAME.part.done`` records the ranges that arrived, so an interrupted
 download fetches only the rest. Small files resume from the length of their ``.part``.
+
+A local failure (a full disk, a directory that may not be written) raises the OSError, naming the
+file (``transfer.naming``); what arrived stays in the ``.part`` files, so running the download again
+resumes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
@@ -47,6 +52,12 @@ class Downloader:
         files = self.client._json("GET", f"/models/{transfer.quote_segment(model_id)}/files")["items"]
         where = transfer.Targets(dest)
         targets = [(ModelFile.from_json(f), f["url"], where(f["path"])) for f in files]
+        # Before a byte is fetched: a download that cannot land would fail only after it arrived.
+        if dest.exists() and not dest.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(dest))
+        for _, _, target in targets:
+            if target.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
         self.bar.start("downloading", sum(f.size for f, _, _ in targets))
         try:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
@@ -107,7 +118,7 @@ class Downloader:
             self.bar.advance(have)
         if have and have == f.size:
             return self._finish(f, part, target, digest.hexdigest())
-        with part.open("r+b" if have else "wb", buffering=0) as out:
+        with transfer.naming(part), part.open("r+b" if have else "wb", buffering=0) as out:
             out.seek(have)
 
             def on_start(status: int) -> None:
@@ -154,7 +165,7 @@ class Downloader:
                         f, target = entry
                         part = target.with_name(target.name + ".part")
                         digest = hashlib.sha256()
-                        with part.open("wb") as out:
+                        with transfer.naming(part), part.open("wb") as out:
                             while chunk := source.read(transfer.CHUNK):
                                 out.write(chunk)
                                 digest.update(chunk)
@@ -184,7 +195,7 @@ class Downloader:
         if part.is_file() and part.stat().st_size == f.size and done_file.is_file():
             done = {int(x) for x in done_file.read_text().split() if x.isdigit()}
         else:
-            with part.open("wb") as out:
+            with transfer.naming(part), part.open("wb") as out:
                 out.truncate(f.size)
             done_file.write_text("")
         self.bar.advance(sum(end - start for start, end in ranges if start in done))
@@ -216,11 +227,11 @@ class Downloader:
                     )
                 if start + got != end:
                     raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
-                with memoryview(buf) as whole:
+                with transfer.naming(part), memoryview(buf) as whole:
                     directio.write_at(fd, direct_fd, whole[:got], start)
                 # Not fsynced, as no download tool does: after a power cut, a range that .part.done
                 # lists but the disk lost fails the final sha256 check, which discards the file.
-                with marks_lock, done_file.open("a") as marks:
+                with transfer.naming(done_file), marks_lock, done_file.open("a") as marks:
                     marks.write(f"{start}\n")
             except BaseException:
                 order.fail(buf)
@@ -367,4 +378,8 @@ class _InOrder:
             bufs = self.free + [buf for buf, _ in self.ready.values()]
             self.free, self.ready = [], {}
         for buf in bufs:
-            buf.close()
+            # A view of it may still exist: in the traceback of the error that ended the download
+            # (a write that failed), which must come out rather than a BufferError. The buffer is
+            # then freed with the last view.
+            with contextlib.suppress(BufferError):
+                buf.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -52,7 +53,16 @@ def scan(root: Path) -> list[tuple[str, Path]]:
     if not root.is_dir():
         raise InvalidInput(f"{root} is neither a file nor a directory")
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def unreadable(exc: OSError) -> None:
+        # Without this os.walk skips a directory it cannot list, and the model would be made
+        # without the files in it.
+        raise InvalidInput(
+            f"Cannot read the directory {exc.filename}: {exc.strerror}",
+            hint="Check its permissions (you need to be able to list it), or upload a path without it.",
+        ) from None
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
             local = Path(dirpath) / name
@@ -134,6 +144,18 @@ def build_manifest(
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an OSError raised inside the file name it lacks: a failed ``write`` says only "No space
+    left on device", and the CLI prints the path an error names (see ``cli/main.py``)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # the subclass of the errno
 
 
 def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iterator[bytes]:
