@@ -41,7 +41,8 @@ log = logging.getLogger("modeldepot.dataplane")
 
 BUFFER = 1024 * 1024
 DRAIN_AT_MOST = 256 * 1024 * 1024
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_ETAG = re.compile(r'(?:W/)?("[^"]*")')
 
 
 # The host name the client of the API request being served used (its Host header), for base_url.
@@ -229,17 +230,17 @@ class _Handler(BaseHTTPRequestHandler):
         with f:
             size = os.fstat(f.fileno()).st_size
             etag = f'"{sha256}"'
-            if self.headers.get("If-None-Match") in (etag, "*"):
+            if if_none_match_hits(self.headers.get("If-None-Match"), etag):
                 self.send_response(304)
                 self.send_header("ETag", etag)
                 self.end_headers()
                 return
             start, end, status = 0, size, 200
             wanted = self.headers.get("Range")
-            if wanted is not None and not _RANGE.fullmatch(wanted.strip()):
+            if wanted is not None and not BYTE_RANGE.fullmatch(wanted.strip()):
                 wanted = None  # not a single byte range: ignored, the whole blob is sent (RFC 9110)
             if wanted is not None and self.headers.get("If-Range") in (None, etag):
-                span = _parse_range(wanted, size)
+                span = parse_range(wanted, size)
                 if span is None:
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{size}")
@@ -305,9 +306,19 @@ class _Handler(BaseHTTPRequestHandler):
         return unread
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+def if_none_match_hits(header: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header matches the strong ``etag``: ``*``, or a list of tags any
+    of which is it by the weak comparison (RFC 9110 13.1.2: ``W/"x"`` matches ``"x"``)."""
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    return etag in _ETAG.findall(header)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
     """(start, end) of a single ``bytes=`` range, end exclusive; None when it cannot be satisfied."""
-    match = _RANGE.fullmatch(header.strip())
+    match = BYTE_RANGE.fullmatch(header.strip())
     if match is None:
         return None
     first, last = match.groups()

@@ -2,30 +2,58 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.types import Receive, Scope, Send
 
-from ...errors import Conflict, InvalidInput, NotFound
-from ...records import to_json
+from ...errors import Conflict, IntegrityError, InvalidInput, NotFound
+from ...records import ModelFile, to_json
 from ...services.auth import Principal
 from ...services.container import Services
-from ..archive import stream_tar, stream_zip
+from ..archive import ArchiveResponse, first_damaged, stream_tar, stream_zip
+
+# The data plane's rules for Range and If-None-Match, so that a file's two URLs answer alike.
+from ..dataplane import BYTE_RANGE, if_none_match_hits, parse_range
 from ..deps import PrincipalDep, ServicesDep
+from ..problems import PROBLEM
 
 router = APIRouter(tags=["models"])
 
+log = logging.getLogger("modeldepot.server")
+
 PRESIGN_SECONDS = 3600
+FSCK_HINT = (
+    "The server's copy of the file is damaged or gone: an administrator should run `modeldepot fsck` "
+    "to find every damaged blob, then upload the affected models again."
+)
 
 
 class BlobFileResponse(FileResponse):
-    """Starlette's FileResponse (Range, HEAD, Last-Modified), sent in 1 MiB reads instead of 64 KiB:
-    each read is a hop to a worker thread, so fewer of them leave the event loop free for more bytes."""
+    """Starlette's FileResponse (HEAD, Last-Modified), sent in 1 MiB reads instead of 64 KiB: each
+    read is a hop to a worker thread, so fewer of them leave the event loop free for more bytes.
+
+    The range to send is decided before (``span``: start and end, end exclusive; None: the whole
+    file), by the data plane's rules: Starlette's own answers a Range it does not like with a
+    text/plain 400, and several ranges with multipart/byteranges. So the request's Range and
+    If-Range are replaced by that decision before Starlette looks.
+    """
 
     chunk_size = 1024 * 1024
+    span: tuple[int, int] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+        if self.span is not None:
+            headers.append((b"range", f"bytes={self.span[0]}-{self.span[1] - 1}".encode()))
+        await super().__call__({**scope, "headers": headers}, receive, send)
 
 
 class ModelUpdate(BaseModel):
@@ -105,18 +133,21 @@ def list_files(model_id: str, request: Request, principal: PrincipalDep, service
 
 
 @router.get("/models/{model_id}/files/{path:path}")
+@router.head("/models/{model_id}/files/{path:path}")
 def download_file(
     model_id: str, path: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
-    """The bytes of one file, as an attachment; Range requests and the sha256 ETag are honoured.
+    """The bytes of one file, as an attachment (HEAD: the same headers, no body). One byte range,
+    If-Range and If-None-Match (the sha256 ETag, compared weakly) are honoured as on the data plane:
+    a Range that is not one ``bytes=`` range is ignored, one past the end gets 416.
 
     With an object store behind the server, the answer is a redirect to a presigned URL there.
     """
     found = services.models.file(principal, model_id, path)
     etag = f'"{found.sha256}"'
-    if request.headers.get("if-none-match") in (etag, "*"):
+    if if_none_match_hits(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag})
-    headers = {"X-Content-Type-Options": "nosniff", "X-Checksum-Sha256": found.sha256}
+    headers = {"X-Content-Type-Options": "nosniff", "X-Checksum-Sha256": found.sha256, "ETag": etag}
     filename = found.path.rsplit("/", 1)[-1]
     blobs = services.models.blobs
     presigned = (
@@ -126,21 +157,76 @@ def download_file(
     )
     if presigned is not None:
         return RedirectResponse(presigned, status_code=307, headers={"ETag": etag})
-    local = services.models.blobs.local_path(found.sha256)
-    if local is not None:
-        response: Response = BlobFileResponse(
+    local = blobs.local_path(found.sha256)
+    stat = _stat(local) if local is not None else None
+    if local is not None and stat is not None:
+        if stat.st_size != found.size:
+            raise _damaged(found, f"has {stat.st_size} bytes, not {found.size}")
+        wanted = request.headers.get("range")
+        if wanted is not None and not BYTE_RANGE.fullmatch(wanted.strip()):
+            wanted = None  # not a single byte range: ignored, the whole file is sent (RFC 9110)
+        if_range = request.headers.get("if-range")
+        if if_range is not None and if_range not in (etag, formatdate(stat.st_mtime, usegmt=True)):
+            wanted = None  # the client holds another version: the whole of this one
+        span = None if wanted is None else parse_range(wanted, stat.st_size)
+        if wanted is not None and span is None:
+            return _not_satisfiable(wanted, stat.st_size)
+        response = BlobFileResponse(
             local,
+            stat_result=stat,
             media_type="application/octet-stream",
             filename=filename,
             headers=headers,
             content_disposition_type="attachment",
         )
-        response.headers["ETag"] = f'"{found.sha256}"'
+        response.span = span
         return response
+    # An object store (a small file), or a blob that is not where the index says it is: its size (for
+    # HEAD) or first bytes are fetched before the answer starts, so that a missing blob is an error
+    # the client can read rather than a 200 cut off after its headers.
+    headers |= {"Content-Length": str(found.size)}
+    if request.method == "HEAD":
+        have = blobs.size(found.sha256)
+        if have != found.size:
+            raise _damaged(found, "is missing from the blob store" if have is None else f"has {have} bytes")
+        return Response(media_type="application/octet-stream", headers=headers)
+    chunks = blobs.read(found.sha256)
+    try:
+        first = next(chunks, b"")
+    except FileNotFoundError:
+        raise _damaged(found, "is missing from the blob store") from None
     return StreamingResponse(
-        services.models.blobs.read(found.sha256),
-        media_type="application/octet-stream",
-        headers=headers | {"ETag": f'"{found.sha256}"', "Content-Length": str(found.size)},
+        itertools.chain([first], chunks), media_type="application/octet-stream", headers=headers
+    )
+
+
+def _stat(path: os.PathLike[str]) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:  # deleted since it was found
+        return None
+
+
+def _damaged(f: ModelFile, what: str) -> IntegrityError:
+    """The error for a file whose blob is missing or damaged, logged for the operator."""
+    log.error(
+        "blob %s (file %r) %s; run `modeldepot fsck` to find every damaged blob", f.sha256, f.path, what
+    )
+    return IntegrityError(f"File {f.path!r} cannot be served: its blob {f.sha256} {what}", hint=FSCK_HINT)
+
+
+def _not_satisfiable(wanted: str, size: int) -> JSONResponse:
+    """416 with the file's size, as the data plane answers, in the problem+json shape of HTTP errors."""
+    body = {
+        "type": "urn:modeldepot:error:http_error",
+        "title": "Range Not Satisfiable",
+        "status": 416,
+        "detail": f"The range {wanted.strip()!r} has no bytes in this file of {size} bytes",
+        "code": "http_error",
+        "hint": "Ask for a range that starts before the end of the file, or for the whole file.",
+    }
+    return JSONResponse(
+        body, status_code=416, media_type=PROBLEM, headers={"Content-Range": f"bytes */{size}"}
     )
 
 
@@ -183,9 +269,14 @@ def _archive(
             raise NotFound(f"Model {model_id} has no file {unknown[0]!r}")
         files = [by_path[p] for p in dict.fromkeys(paths)]
     blobs = services.models.blobs
+    # A missing or truncated blob is an error before the answer starts; one damaged inside is found
+    # while it is sent, and cuts the archive off (see server/archive.py).
+    remote = bool(files) and blobs.local_path(files[0].sha256) is None  # no files here: an object store
+    if (damaged := first_damaged(files, blobs.size, remote=remote)) is not None:
+        raise _damaged(*damaged)
     stream = (stream_zip if format == "zip" else stream_tar)(files, lambda sha: blobs.read(sha, 1024 * 1024))
     name = quote(f"{model.name}-v{model.version}.{format}", safe="")
-    return StreamingResponse(
+    return ArchiveResponse(
         stream,
         media_type="application/zip" if format == "zip" else "application/x-tar",
         headers={
