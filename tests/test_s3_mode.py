@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from modeldepot import ServerError
+from modeldepot import NotFound, ServerError
 
 from .conftest import RunningServer, make_settings, running_server, write_tree
 from .seaweed import seaweedfs  # noqa: F401  (the session's SeaweedFS)
@@ -197,3 +197,21 @@ def test_an_object_store_that_refuses_is_named_in_the_error_not_unexpected(
             assert "SignatureDoesNotMatch" in caught.value.detail or "AccessDenied" in caught.value.detail
             # Kept, for the same upload to resume once the store takes requests again.
             assert [m.state for m in admin.list_models(project=project, state="any").items] == ["uploading"]
+
+
+def test_a_file_gone_from_the_bucket_is_a_readable_error_not_the_stores_xml(
+    s3_server: RunningServer, tmp_path: Path
+) -> None:
+    """A presigned GET of an object that is gone answers S3's XML; the SDK printed it as it was."""
+    data = os.urandom(6 * MiB)
+    src = write_tree(tmp_path / "m", {"weights.bin": data})
+    with s3_server.client() as admin:
+        project = admin.create_project("p").id
+        model = admin.upload(src, project=project, name="m")
+        store = s3_server.app.state.services.models.blobs  # type: ignore[attr-defined]
+        key, _ = store._resolve(hashlib.sha256(data).hexdigest())
+        store.client.delete_object(Bucket=store.bucket, Key=key)
+        with pytest.raises(NotFound) as caught:
+            admin.download(model.id, tmp_path / "out")
+        assert caught.value.detail.startswith("The object store answered 404 NoSuchKey")
+        assert "<" not in caught.value.detail and "modeldepot fsck" in (caught.value.hint or "")

@@ -10,9 +10,11 @@ one (sending a part or fetching a range again is harmless).
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -119,7 +121,7 @@ class Bulk:
         try:
             detail: Any = json.loads(body)
         except ValueError:
-            detail = body.decode("utf-8", "replace")
+            detail = _object_store_error(status, body.decode("utf-8", "replace"))
         return error_from_problem(status, detail)
 
     def put_file(
@@ -221,3 +223,25 @@ class Bulk:
         conn = self._local.__dict__.get("conns", {}).pop((parts.scheme, parts.netloc), None)
         if conn is not None:
             self._forget(conn)
+
+
+_S3_ERROR = re.compile(r"<Error>.*?<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?", re.S)
+_S3_HINTS = {
+    "NoSuchKey": "The server's copy of this file is gone from its object store: an administrator should "
+    "run `modeldepot fsck`.",
+    "AccessDenied": "The object store refused the signed URL (expired, or the server's credentials "
+    "changed): run the command again for fresh URLs.",
+}
+
+
+def _object_store_error(status: int, text: str) -> Any:
+    """An object store's XML error (a presigned URL's answer) as a problem-like dict, for a readable
+    error; other text as it is."""
+    match = _S3_ERROR.search(text)
+    if match is None:
+        return text
+    code, message = match.group(1), html.unescape(match.group(2) or "").strip()
+    return {
+        "detail": f"The object store answered {status} {code}" + (f": {message}" if message else ""),
+        "hint": _S3_HINTS.get(code),
+    }
