@@ -151,6 +151,19 @@ def test_errors_are_one_line_with_a_hint_and_an_exit_code(logged_in: dict[str, s
         ]
         == []
     )
+    unknown = run(["models", "list", "--project", project, "--state", "bogus"], env, check=False)
+    assert unknown.returncode == 3
+    assert "Hint: Use one of: uploading, ready, failed, any." in unknown.stderr
+
+
+def test_models_list_shows_each_models_state_with_state_any(logged_in: dict[str, str], tmp_path: Path) -> None:
+    env = logged_in
+    project = run(["projects", "create", "p"], env).stdout.strip()
+    f = write_tree(tmp_path, {"m.bin": b"1"}) / "m.bin"
+    run(["models", "upload", str(f), "--name", "m", "--project", project], env)
+    every = run(["models", "list", "--project", project, "--state", "any"], env).stdout
+    assert "State" in every.splitlines()[1] and "ready" in every
+    assert "State" not in run(["models", "list", "--project", project], env).stdout
 
 
 def test_not_logged_in_and_unreachable(env: dict[str, str]) -> None:

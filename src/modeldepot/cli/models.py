@@ -152,14 +152,28 @@ def list_(
     if as_json:
         emit_json({"items": items, "next_cursor": next_cursor})
         return
+    # Every row is in the state asked for, except with --state any: then each says its own.
+    with_state = state == "any"
     table(
-        ["ID", "Name", "Ver", "Type", "Project", "Summary", "Tags", "Size", "Created"],
+        [
+            "ID",
+            "Name",
+            "Ver",
+            "Type",
+            *(["State"] if with_state else []),
+            "Project",
+            "Summary",
+            "Tags",
+            "Size",
+            "Created",
+        ],
         [
             (
                 m.id,
                 m.name,
                 m.version,
                 m.type,
+                *([m.state] if with_state else []),
                 m.project_id,
                 _short_summary(m),
                 ", ".join(m.tags),

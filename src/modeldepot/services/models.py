@@ -108,12 +108,16 @@ def list_scope(
     limit: int,
     state: str | None,
     states: Sequence[str],
+    *,
+    any_state: bool = False,
 ) -> tuple[str, ...] | None:
-    """The projects a list covers (None: every one; empty: none), once its limit and state are checked."""
+    """The projects a list covers (None: every one; empty: none), once its limit and state are checked.
+    ``any_state``: the API takes ``any`` for every state (it passes None here), so the hint says so."""
     if not 1 <= limit <= 1000:
         raise InvalidInput(f"limit must be between 1 and 1000, not {limit}")
     if state is not None and state not in states:
-        raise InvalidInput(f"State {state!r} is not known", hint=f"Use one of: {', '.join(states)}.")
+        choices = ", ".join((*states, "any") if any_state else states)
+        raise InvalidInput(f"State {state!r} is not known", hint=f"Use one of: {choices}.")
     if project_id is None:
         return principal.visible_projects()
     principal.require(project_id, "viewer")
@@ -157,7 +161,9 @@ class ModelService:
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page[Model]:
-        project_ids = list_scope(self.store, principal, project_id, limit, state, MODEL_STATES)
+        project_ids = list_scope(
+            self.store, principal, project_id, limit, state, MODEL_STATES, any_state=True
+        )
         if project_ids == ():
             return Page(items=(), next_cursor=None)
         query = ModelQuery(
