@@ -156,7 +156,9 @@ def test_errors_are_one_line_with_a_hint_and_an_exit_code(logged_in: dict[str, s
     assert "Hint: Use one of: uploading, ready, failed, any." in unknown.stderr
 
 
-def test_models_list_shows_each_models_state_with_state_any(logged_in: dict[str, str], tmp_path: Path) -> None:
+def test_models_list_shows_each_models_state_with_state_any(
+    logged_in: dict[str, str], tmp_path: Path
+) -> None:
     env = logged_in
     project = run(["projects", "create", "p"], env).stdout.strip()
     f = write_tree(tmp_path, {"m.bin": b"1"}) / "m.bin"

@@ -285,6 +285,45 @@ def test_fsck_finds_corrupt_and_missing_blobs(small_parts: RunningServer, tmp_pa
         assert not report["ok"] and report["corrupt"] == [a] and report["missing"] == [b]
 
 
+def test_fsck_repair_forgets_damaged_content_so_uploading_it_again_restores_every_model(
+    small_parts: RunningServer, tmp_path: Path
+) -> None:
+    """A damaged blob could not be mended: an upload of the same content found it "stored" and sent
+    nothing. fsck names the files that have it; --repair forgets it, and one upload restores it."""
+    weights = os.urandom(3 * MiB)  # in parts
+    with small_parts.client() as admin:
+        project = admin.create_project("p").id
+        a = admin.upload(
+            write_tree(tmp_path / "a", {"w.bin": weights, "a.txt": b"a"}), project=project, name="a"
+        )
+        b = admin.upload(write_tree(tmp_path / "b", {"copy.bin": weights}), project=project, name="b")
+        store = small_parts.app.state.services.models.blobs  # type: ignore[attr-defined]
+        sha = hashlib.sha256(weights).hexdigest()
+        path = store.local_path(sha)
+        path.write_bytes(b"x" + path.read_bytes()[1:])
+        report = admin.fsck()
+        assert report["corrupt"] == [sha] and report["forgotten"] == 0
+        assert report["affected"] == sorted(
+            [
+                {"model_id": a.id, "path": "w.bin", "sha256": sha},
+                {"model_id": b.id, "path": "copy.bin", "sha256": sha},
+            ],
+            key=lambda f: f["model_id"],
+        )
+        again = admin.upload(tmp_path / "b", project=project, name="b")  # found "stored": nothing sent
+        with pytest.raises(IntegrityError):
+            admin.download(again.id, tmp_path / "out0")
+        repaired = admin.fsck(repair=True)
+        assert repaired["forgotten"] == 1 and not repaired["ok"]
+        assert store.local_path(sha) is None
+        assert admin.fsck()["ok"]  # nothing indexed is damaged now; the files wait for their content
+        admin.upload(tmp_path / "b", project=project, name="b")  # sends it again
+        for model, name in ((a, "w.bin"), (b, "copy.bin")):
+            admin.download(model.id, tmp_path / model.id)
+            assert (tmp_path / model.id / name).read_bytes() == weights
+        assert admin.fsck()["ok"]
+
+
 def test_archives_stream_the_whole_model(admin: Client, project: str, tmp_path: Path) -> None:
     files = {"a.txt": b"alpha", "deep/ünï/b.bin": os.urandom(300_000), "empty": b""}
     model = admin.upload(write_tree(tmp_path / "m", files), project=project, name="arch")

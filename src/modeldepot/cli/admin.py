@@ -39,10 +39,25 @@ def gc(dry_run: bool, grace_seconds: int | None, as_json: bool) -> None:
 
 
 @click.command("fsck")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Forget missing and corrupt blobs, so that uploading the affected files again restores them.",
+)
 @json_option
-def fsck(as_json: bool) -> None:
-    """Verify every stored blob against its sha256 (exit code 8 if any is missing or corrupt)."""
-    report = make_client().fsck()
+def fsck(repair: bool, as_json: bool) -> None:
+    """Verify every stored blob against its sha256 (exit code 8 if any is missing or corrupt).
+
+    It lists the model files whose content is missing or corrupt. An upload of that content finds it
+    "stored" and sends nothing, until `--repair` forgets the damaged blobs: then uploading the files
+    again (as any model) restores them for every model that names them.
+
+    \b
+    Example:
+      modeldepot fsck
+      modeldepot fsck --repair
+    """
+    report = make_client().fsck(repair=repair)
     if as_json:
         emit_json(report)
     else:
@@ -52,7 +67,17 @@ def fsck(as_json: bool) -> None:
                 ("Missing", ", ".join(report["missing"]) or "none"),
                 ("Corrupt", ", ".join(report["corrupt"]) or "none"),
                 ("Not indexed", len(report["unindexed"])),
+                *[("Affected", f"{a['model_id']} {a['path']}") for a in report.get("affected", [])],
             ]
         )
+        if report.get("forgotten"):
+            click.echo(
+                f"Forgot {report['forgotten']} damaged blob(s): upload the affected files again "
+                "(as any model) to restore them for every model that names them."
+            )
+        elif not report["ok"]:
+            click.echo(
+                "Run `modeldepot fsck --repair`, then upload the affected files again, to restore them."
+            )
     if not report["ok"]:
         sys.exit(8)

@@ -349,9 +349,13 @@ class Client:
         )
         return result
 
-    def fsck(self) -> dict[str, Any]:
-        """Re-hash every stored blob on the server; ``ok`` is False if any is missing or corrupt."""
-        result: dict[str, Any] = self._json("POST", "/admin/fsck", timeout=httpx.Timeout(None, connect=10.0))
+    def fsck(self, *, repair: bool = False) -> dict[str, Any]:
+        """Re-hash every stored blob on the server; ``ok`` is False if any is missing or corrupt, and
+        ``affected`` lists the model files with that content. ``repair``: forget the damaged blobs, so
+        that uploading the same content again restores it for every model naming it."""
+        result: dict[str, Any] = self._json(
+            "POST", "/admin/fsck", json={"repair": repair}, timeout=httpx.Timeout(None, connect=10.0)
+        )
         return result
 
     def _raise_for(self, response: httpx.Response) -> None:

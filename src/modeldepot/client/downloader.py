@@ -63,7 +63,7 @@ class Downloader:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
                 futures: list[Future[Any]] = []
                 large = []
-                batch: list[tuple[ModelFile, Path]] = []
+                batch: list[tuple[ModelFile, str, Path]] = []
                 batch_bytes = 0
                 made: set[Path] = set()
                 for f, url, target in targets:
@@ -79,7 +79,7 @@ class Downloader:
                         if batch and (batch_bytes + f.size > BATCH_BYTES or len(batch) >= BATCH_COUNT):
                             futures.append(pool.submit(self._batch, model_id, batch))
                             batch, batch_bytes = [], 0
-                        batch.append((f, target))
+                        batch.append((f, url, target))
                         batch_bytes += f.size
                     else:
                         futures.append(pool.submit(self._whole, f, url, target))
@@ -136,20 +136,26 @@ class Downloader:
             self.client.get_into(url, sink, {"Range": f"bytes={have}-"} if have else None, on_start=on_start)
         return self._finish(f, part, target, digest.hexdigest())
 
-    def _batch(self, model_id: str, files: list[tuple[ModelFile, Path]]) -> None:
-        """Many small files in one tar stream; each is still checked against its sha256."""
-        wanted = {f.path: (f, target) for f, target in files}
-        url = f"{self.client.url}/api/v1/models/{transfer.quote_segment(model_id)}/archive"
+    def _batch(self, model_id: str, files: list[tuple[ModelFile, str, Path]]) -> None:
+        """Many small files in one tar stream; each is still checked against its sha256.
+
+        A stream cut off (by the network, or by the server on finding a stored file damaged) is not
+        the end: the files that did not arrive are fetched one by one, each resuming from what came
+        of it, so a lost connection costs a retry and a damaged file is named as corrupted.
+        """
+        wanted = {f.path: (f, url, target) for f, url, target in files}
+        archive_url = f"{self.client.url}/api/v1/models/{transfer.quote_segment(model_id)}/archive"
         try:
             request = self.client._http.build_request(
                 "POST",
-                url,
+                archive_url,
                 json={"format": "tar", "paths": list(wanted)},
                 timeout=httpx.Timeout(None, connect=10.0),
             )
             response = self.client._http.send(request, stream=True)
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"Download from {self.client.url} failed: {exc}") from exc
+        written = 0  # bytes of the file being extracted, shown on the bar
         with contextlib.closing(response):
             if response.status_code >= 400:
                 response.read()
@@ -158,25 +164,27 @@ class Downloader:
             try:
                 with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                     for member in tar:
-                        entry = wanted.pop(member.name, None)
+                        entry = wanted.get(member.name)
                         source = tar.extractfile(member) if member.isfile() else None
                         if entry is None or source is None:
                             raise IntegrityError(f"The server sent {member.name!r}, which was not asked for")
-                        f, target = entry
+                        f, _, target = entry
                         part = target.with_name(target.name + ".part")
                         digest = hashlib.sha256()
+                        written = 0
                         with transfer.naming(part), part.open("wb") as out:
                             while chunk := source.read(transfer.CHUNK):
                                 out.write(chunk)
                                 digest.update(chunk)
                                 self.bar.advance(len(chunk))
+                                written += len(chunk)
+                        del wanted[member.name]
+                        written = 0
                         self._finish(f, part, target, digest.hexdigest())
-            except (httpx.TransportError, tarfile.ReadError) as exc:
-                raise ConnectionFailed(
-                    f"Download from {self.client.url} was cut off: {exc}; run it again"
-                ) from exc
-        if wanted:
-            raise IntegrityError(f"The server did not send {next(iter(wanted))!r}")
+            except (httpx.TransportError, tarfile.ReadError):
+                self.bar.advance(-written)  # counted again as the file resumes
+        for f, url, target in wanted.values():
+            self._whole(f, url, target)
 
     def _ranged(self, f: ModelFile, url: str, target: Path) -> Path:
         """A large file in RANGE_SIZE ranges on parallel connections.

@@ -113,6 +113,29 @@ class BlobRows:
             )
             yield gone.rowcount == 1
 
+    @contextmanager
+    def forgetting_blob(self, sha256: str) -> Iterator[None]:
+        """Delete blob ``sha256``'s row whatever names it (``fsck --repair``: its bytes are damaged or
+        gone); the caller deletes the bytes inside the block, while the row stays locked. The next
+        upload of that content then sends it again, and every model naming it has it back."""
+        with self._tx() as conn:
+            conn.execute(delete(t.blobs).where(t.blobs.c.sha256 == sha256))
+            yield
+
+    def files_naming(self, shas: Iterable[str]) -> list[tuple[str, str, str]]:
+        """(model id, path, sha256) of every model file whose content is one of ``shas``."""
+        wanted = sorted(set(shas))
+        found: list[tuple[str, str, str]] = []
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(t.model_files.c.model_id, t.model_files.c.path, t.model_files.c.sha256)
+                    .where(t.model_files.c.sha256.in_(wanted[i : i + 500]))
+                    .order_by(t.model_files.c.model_id, t.model_files.c.path)
+                )
+                found.extend((m, p, s) for m, p, s in rows)
+        return sorted(found)
+
     def blob_index(self) -> Iterator[tuple[str, int]]:
         with self.engine.connect() as conn:
             for sha, size in conn.execute(

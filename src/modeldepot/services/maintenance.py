@@ -32,12 +32,23 @@ class GcReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class AffectedFile:
+    """A model file whose content is missing or corrupt in the blob store."""
+
+    model_id: str
+    path: str
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
 class FsckReport:
     blobs_checked: int
     bytes_checked: int
     missing: tuple[str, ...]  # indexed, but the blob store does not have them
     corrupt: tuple[str, ...]  # stored bytes whose size or sha256 is wrong
     unindexed: tuple[str, ...]  # in the blob store, unknown to the index (the collector ignores them)
+    affected: tuple[AffectedFile, ...] = ()  # the model files whose content is missing or corrupt
+    forgotten: int = 0  # with repair: damaged blobs dropped from the index (and their bytes deleted)
 
     @property
     def ok(self) -> bool:
@@ -89,8 +100,14 @@ class Maintenance:
             temporary_files_removed=len(temporaries),
         )
 
-    def fsck(self) -> FsckReport:
-        """Re-hash every indexed blob; report what is missing, corrupt, or stored but not indexed."""
+    def fsck(self, *, repair: bool = False) -> FsckReport:
+        """Re-hash every indexed blob; report what is missing, corrupt, or stored but not indexed, and
+        which model files have the missing or corrupt content.
+
+        ``repair``: forget each missing or corrupt blob (its index row, and its damaged bytes), so
+        that the next upload of that content sends it again, which restores it for every model that
+        names it. Without that, an upload finds the content "stored" and sends nothing.
+        """
         missing, corrupt = [], []
         checked = checked_bytes = 0
         indexed = set()
@@ -111,10 +128,18 @@ class Maintenance:
             if have != size or digest.hexdigest() != sha:
                 corrupt.append(sha)
         unindexed = [sha for sha, _ in self.blobs.iter_blobs() if sha not in indexed]
+        damaged = missing + corrupt
+        affected = tuple(AffectedFile(*row) for row in self.store.files_naming(damaged))
+        if repair:
+            for sha in damaged:
+                with self.store.forgetting_blob(sha):  # no upload re-publishes it meanwhile
+                    self.blobs.delete(sha)
         return FsckReport(
             blobs_checked=checked,
             bytes_checked=checked_bytes,
             missing=tuple(missing),
             corrupt=tuple(corrupt),
             unindexed=tuple(unindexed),
+            affected=affected,
+            forgotten=len(damaged) if repair else 0,
         )

@@ -29,9 +29,20 @@ def collect_garbage(body: GcRequest, principal: PrincipalDep, services: Services
     return dataclasses.asdict(services.maintenance.collect(dry_run=body.dry_run, grace=grace))
 
 
+class FsckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repair: bool = Field(
+        False,
+        description="Forget missing and corrupt blobs (their index rows and damaged bytes), so that "
+        "uploading that content again restores it for every model that names it.",
+    )
+
+
 @router.post("/admin/fsck")
-def check_storage(principal: PrincipalDep, services: ServicesDep) -> Any:
-    """Re-hash every stored blob and report what is missing, corrupt or not indexed."""
+def check_storage(principal: PrincipalDep, services: ServicesDep, body: FsckRequest | None = None) -> Any:
+    """Re-hash every stored blob and report what is missing, corrupt or not indexed, and the model
+    files that have the missing or corrupt content; with ``repair``, forget the damaged blobs."""
     principal.require_admin()
-    report = services.maintenance.fsck()
+    report = services.maintenance.fsck(repair=body is not None and body.repair)
     return dataclasses.asdict(report) | {"ok": report.ok}
