@@ -134,8 +134,9 @@ def test_ctrl_c_while_the_file_is_still_hashed_then_running_it_again_resumes(
         src.mkdir()
         # Large enough that hashing it takes far longer than sending three 1 MiB parts.
         (src / "weights.bin").write_bytes(os.urandom(256 * MiB))
-        # The CLI does not trust what it noted about a file changed within 2 s of noting it.
-        time.sleep(2.1)
+        # The CLI does not trust what it noted about a file changed just before (0.1 s on this disk,
+        # whose timestamps have digits below the second).
+        time.sleep(0.3)
         args = ["models", "upload", str(src), "--name", "big", "--project", project, "--parallel", "1"]
         proc = _upload_until_parts(args, env, data_dir, 3)
         proc.send_signal(signal.SIGINT)

@@ -528,6 +528,34 @@ def test_the_digest_cache_skips_unchanged_files_and_never_trusts_a_changed_one(
     cache.close()
 
 
+def test_the_digest_cache_waits_as_long_as_the_file_systems_timestamps_need(tmp_path: Path) -> None:
+    """An entry is trusted once the file is older than a timestamp tick could hide a write in: 0.1 s
+    where mtimes carry digits below the second, 2 s where they are whole seconds (FAT, ext3). With
+    2 s everywhere, an upload of a checkpoint written just before, cut off and run again, sent the
+    file whole again (its staging area follows the same rule)."""
+    from modeldepot.client.hashcache import HashCache
+
+    src = write_tree(tmp_path / "m", {"fine.bin": b"f", "whole.bin": b"w"})
+    fine, whole = src / "fine.bin", src / "whole.bin"
+    os.utime(fine, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    os.utime(whole, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+
+    def trusted(f: Path, after: float) -> bool:
+        """Whether a digest noted ``after`` seconds past the file's last change is trusted."""
+        st = f.stat()
+        cache = HashCache(tmp_path / "hashes.db")
+        cache.put(st, "digest", hashed_at=max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 + after)
+        cache.close()  # puts are written at close
+        cache = HashCache(tmp_path / "hashes.db")
+        try:
+            return cache.get(st) == "digest"
+        finally:
+            cache.close()
+
+    assert [trusted(fine, after) for after in (0.05, 0.5, 3)] == [False, True, True]
+    assert [trusted(whole, after) for after in (0.05, 0.5, 3)] == [False, False, True]
+
+
 def test_parts_hashed_ahead_stay_right_when_a_part_is_sent_again(tmp_path: Path) -> None:
     from modeldepot.blobs import LocalBlobStore
 

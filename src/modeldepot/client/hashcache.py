@@ -2,9 +2,13 @@
 
 An entry is keyed by the file's device and inode and is valid only while its size, mtime and ctime
 (in nanoseconds) are unchanged. As git does with its index, an entry is not trusted when the file was
-modified within ``RACY_SECONDS`` of being hashed: a write in the same timestamp tick could otherwise
-go unnoticed. A wrong digest would not corrupt anything (the server verifies every byte it receives),
-but it would fail the upload.
+modified shortly before it was hashed: a write in the same timestamp tick could otherwise go
+unnoticed. How shortly depends on the file system's timestamps: ``RACY_SECONDS`` (2 s) where the
+mtime is whole seconds (FAT, ext3, some network file systems), ``RACY_FINE_SECONDS`` (0.1 s) where
+it has digits below the second (ext4, XFS, btrfs, tmpfs: Linux sets them from a clock that moves at
+each timer tick, 1-10 ms). With 2 s everywhere, a checkpoint uploaded within 2 s of being written
+and cut off was sent whole again on the next run (524 MB of 524 MB, by hand). A wrong digest would
+not corrupt anything (the server verifies every byte it receives), but it would fail the upload.
 
 The same file keeps the staging areas that large files were sent into while they were hashed, until
 an upload names them, under the same rules: an upload cut off before its manifest (Ctrl-C, a lost
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 RACY_SECONDS = 2.0
+RACY_FINE_SECONDS = 0.1
 
 
 class HashCache:
@@ -69,7 +74,8 @@ class HashCache:
         size, mtime_ns, ctime_ns, hashed_at, digest = row
         if (size, mtime_ns, ctime_ns) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return None
-        if max(mtime_ns, ctime_ns) / 1e9 > hashed_at - RACY_SECONDS:
+        racy = RACY_SECONDS if mtime_ns % 1_000_000_000 == 0 else min(RACY_FINE_SECONDS, RACY_SECONDS)
+        if max(mtime_ns, ctime_ns) / 1e9 > hashed_at - racy:
             return None
         return str(digest)
 
