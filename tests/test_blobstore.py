@@ -781,3 +781,24 @@ def test_local_blobs_are_readable_by_the_server_alone_however_they_arrived(tmp_p
     for data in (whole, parted):
         path = store.local_path(sha(data))
         assert path is not None and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_what_a_killed_writer_left_is_found_once_idle_and_removed(blob_store: BlobStore) -> None:
+    """A writer through the server (a whole blob; with S3 a multipart upload under tmp/) whose server
+    was killed leaves its bytes behind for good; the collector asks for them here. A published blob's
+    bytes (with S3, the tmp/ object a pointer names) are never among them."""
+    kept = blob(WRITER_PART + 100, seed=5)
+    writer = blob_store.writer()
+    writer.write(kept)
+    writer.commit(sha(kept), len(kept))
+    left = blob_store.writer()
+    left.write(blob(WRITER_PART + 100, seed=6))  # and then its server died
+    assert blob_store.orphan_temporaries(datetime.now(UTC) - timedelta(minutes=5)) == []  # too young
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    (name,) = blob_store.orphan_temporaries(later)
+    blob_store.remove_temporary(name)
+    assert blob_store.orphan_temporaries(later) == [] and leftovers(blob_store) == []
+    assert read_all(blob_store, sha(kept)) == kept
+    with pytest.raises(ValueError, match="bad temporary file name"):
+        blob_store.remove_temporary("../staging/x")
+    left.abort()  # the object in this process: its file handle (nothing is left to remove)

@@ -858,8 +858,44 @@ class S3BlobStore:
         return sorted(i for i, _ in self._stagings() if len(i) >= _RANDOM_LEN and i.isalnum())
 
     def orphan_temporaries(self, cutoff: datetime) -> list[str]:
-        """None: this store keeps no temporary files (a writer's parts are the upload's own)."""
-        return []
+        """What writers through the server (``tmp/upload-*``) left when their server was killed, last
+        written before ``cutoff``: open multipart uploads (named ``upload-…?upload=ID``; the time of
+        their last part counts, so a long upload still going is not one) and completed objects that
+        no pointer names (a live writer publishes its object within moments of completing it)."""
+        prefix = self.key("tmp") + "/"
+        found = []
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+                if upload["Initiated"] >= cutoff:
+                    continue
+                try:
+                    parts = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except ClientError as exc:
+                    if _code(exc) in {"NoSuchUpload", *_MISSING}:
+                        continue  # completed or aborted meanwhile
+                    raise
+                if all(p["LastModified"] < cutoff for p in parts.get("Parts", [])):
+                    found.append(f"{key[len(prefix) :]}?upload={upload_id}")
+        pointed: set[str] | None = None
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["LastModified"] >= cutoff:
+                    continue
+                if pointed is None:
+                    pointed = self._pointed_keys()
+                if item["Key"] not in pointed:
+                    found.append(str(item["Key"])[len(prefix) :])
+        return sorted(found)
 
     def remove_temporary(self, name: str) -> None:
-        raise ValueError(f"bad temporary file name {name!r}")
+        rest, _, upload_id = name.partition("?upload=")
+        if not rest.startswith("upload-") or "/" in rest:
+            raise ValueError(f"bad temporary file name {name!r}")
+        if upload_id:
+            self.abort_upload(self.key("tmp", rest), upload_id)
+        else:
+            self.delete_key(self.key("tmp", rest))
