@@ -324,6 +324,32 @@ def test_fsck_repair_forgets_damaged_content_so_uploading_it_again_restores_ever
         assert admin.fsck()["ok"]
 
 
+def test_a_download_fetches_every_good_file_and_names_every_damaged_one(
+    small_parts: RunningServer, tmp_path: Path
+) -> None:
+    """A download stopped at the first file that arrived corrupted: each damaged file took a run of
+    its own to be named, and the good files after it were not fetched."""
+    files = {
+        "a.bin": os.urandom(1000),
+        "big.bin": os.urandom(5 * MiB),
+        "c.bin": os.urandom(1000),
+        "d.bin": b"d",
+    }
+    with small_parts.client() as admin:
+        project = admin.create_project("p").id
+        model = admin.upload(write_tree(tmp_path / "m", files), project=project, name="m")
+        store = small_parts.app.state.services.models.blobs  # type: ignore[attr-defined]
+        for name in ("a.bin", "big.bin"):
+            path = store.local_path(hashlib.sha256(files[name]).hexdigest())
+            path.write_bytes(bytes([path.read_bytes()[0] ^ 1]) + path.read_bytes()[1:])
+        out = tmp_path / "out"
+        with pytest.raises(IntegrityError, match="2 files arrived corrupted") as caught:
+            admin.download(model.id, out)
+        assert "a.bin, big.bin" in caught.value.detail and "modeldepot fsck" in (caught.value.hint or "")
+        assert sorted(p.name for p in out.iterdir()) == ["c.bin", "d.bin"]  # nothing damaged kept
+        assert (out / "c.bin").read_bytes() == files["c.bin"]
+
+
 def test_archives_stream_the_whole_model(admin: Client, project: str, tmp_path: Path) -> None:
     files = {"a.txt": b"alpha", "deep/ünï/b.bin": os.urandom(300_000), "empty": b""}
     model = admin.upload(write_tree(tmp_path / "m", files), project=project, name="arch")

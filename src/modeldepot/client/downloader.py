@@ -20,6 +20,7 @@ import mmap
 import os
 import tarfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -47,6 +48,19 @@ class Downloader:
     def __init__(self, client: Client, progress: Progress):
         self.client = client
         self.bar = progress
+        # Files whose bytes failed their sha256 check: the others are still fetched, then one error
+        # names them all (a download stopped at the first, and took a run per damaged file).
+        self.corrupted: list[tuple[str, IntegrityError]] = []
+        self._corrupted_lock = threading.Lock()
+
+    def _kept(self, f: ModelFile, fetch: Callable[..., Any], *args: Any) -> None:
+        """``fetch(*args)``, noting an IntegrityError (a file that arrived corrupted) instead of
+        raising it."""
+        try:
+            fetch(*args)
+        except IntegrityError as exc:
+            with self._corrupted_lock:
+                self.corrupted.append((f.path, exc))
 
     def run(self, model_id: str, dest: Path) -> list[Path]:
         files = self.client._json("GET", f"/models/{transfer.quote_segment(model_id)}/files")["items"]
@@ -82,13 +96,13 @@ class Downloader:
                         batch.append((f, url, target))
                         batch_bytes += f.size
                     else:
-                        futures.append(pool.submit(self._whole, f, url, target))
+                        futures.append(pool.submit(self._kept, f, self._whole, f, url, target))
                 if batch:
                     futures.append(pool.submit(self._batch, model_id, batch))
                 try:
                     # Large files one after the other, each in parallel ranges on a pool of its own.
                     for f, url, target in large:
-                        self._ranged(f, url, target)
+                        self._kept(f, self._ranged, f, url, target)
                 except BaseException:
                     for future in futures:
                         future.cancel()
@@ -96,6 +110,17 @@ class Downloader:
                 transfer.wait_all(futures)
         finally:
             self.bar.finish()
+        if len(self.corrupted) == 1:
+            raise self.corrupted[0][1]
+        if self.corrupted:
+            paths = sorted(path for path, _ in self.corrupted)
+            shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+            raise IntegrityError(
+                f"{len(paths)} files arrived corrupted (sha256 mismatch) and were not kept: {shown}; "
+                "the other files were downloaded",
+                hint="Run the download again: it fetches only these. If they fail again, the server's "
+                "copies are damaged: an administrator should run `modeldepot fsck`.",
+            )
         return [target for _, _, target in targets]
 
     def _already_there(self, f: ModelFile, target: Path) -> bool:
@@ -180,11 +205,11 @@ class Downloader:
                                 written += len(chunk)
                         del wanted[member.name]
                         written = 0
-                        self._finish(f, part, target, digest.hexdigest())
+                        self._kept(f, self._finish, f, part, target, digest.hexdigest())
             except (httpx.TransportError, tarfile.ReadError):
                 self.bar.advance(-written)  # counted again as the file resumes
         for f, url, target in wanted.values():
-            self._whole(f, url, target)
+            self._kept(f, self._whole, f, url, target)
 
     def _ranged(self, f: ModelFile, url: str, target: Path) -> Path:
         """A large file in RANGE_SIZE ranges on parallel connections.
