@@ -135,6 +135,7 @@ def test_the_cli_saves_no_archive_of_a_corrupted_blob(server: RunningServer, tmp
     proc = run(["models", "archive", model["id"], str(dest)], env, check=False)
     assert proc.returncode != 0, proc.stdout
     assert not dest.exists() and not list(tmp_path.glob("m.zip*"))
+    assert "a stored file may be damaged" in proc.stderr and "modeldepot fsck" in proc.stderr
 
 
 @pytest.mark.parametrize("how", ["truncate", "delete"])

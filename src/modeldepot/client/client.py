@@ -330,7 +330,13 @@ class Client:
                             out.write(chunk)
                             bar.advance(len(chunk))
             except httpx.TransportError as exc:
-                raise ConnectionFailed(f"Download of the archive was cut off: {exc}") from exc
+                raise ConnectionFailed(
+                    f"Download of the archive was cut off: {exc}",
+                    # The server also cuts an archive off when a stored file fails its check.
+                    hint="Run it again. If it is cut off again, a stored file may be damaged: "
+                    "`modeldepot models download` names the damaged files, and an administrator can "
+                    "check with `modeldepot fsck`.",
+                ) from exc
             os.replace(part, target)
         except BaseException:
             if opened:
