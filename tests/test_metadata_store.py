@@ -206,3 +206,22 @@ def test_a_full_database_disk_is_storage_full_and_changes_nothing(tmp_path) -> N
         assert sorted(p.name for p in store.list_projects(None)) == sorted(made)
     finally:
         store.close()
+
+
+def test_fsck_forgets_a_blob_only_if_untouched_since_it_was_found_damaged(store: SqlMetadataStore) -> None:
+    """Between fsck finding a blob damaged and repairing it, the collector may remove it and an upload
+    publish it again (good bytes, a new row), or an upload may touch it: then it is left alone."""
+    sha = "ab" * 32
+    with store.publishing_blob(sha, 10):
+        pass
+    ((_, _, touched),) = [row for row in store.blob_index() if row[0] == sha]
+    with store.publishing_blob(sha, 10):  # published again since
+        pass
+    with store.forgetting_blob(sha, touched) as gone:
+        assert not gone
+    assert store.stored_blobs([sha]) == {sha: 10}
+    ((_, _, touched),) = [row for row in store.blob_index() if row[0] == sha]
+    assert store.blob_touches([sha, "cd" * 32]) == {sha: touched}
+    with store.forgetting_blob(sha, touched) as gone:
+        assert gone
+    assert store.stored_blobs([sha]) == {}

@@ -316,12 +316,32 @@ def test_fsck_repair_forgets_damaged_content_so_uploading_it_again_restores_ever
         repaired = admin.fsck(repair=True)
         assert repaired["forgotten"] == 1 and not repaired["ok"]
         assert store.local_path(sha) is None
-        assert admin.fsck()["ok"]  # nothing indexed is damaged now; the files wait for their content
+        waiting = admin.fsck()  # nothing indexed is damaged now, but two files have no content
+        assert (waiting["missing"], waiting["corrupt"], waiting["ok"]) == ([], [], False)
+        assert sorted(f["model_id"] for f in waiting["affected"]) == sorted([a.id, b.id, again.id])
         admin.upload(tmp_path / "b", project=project, name="b")  # sends it again
         for model, name in ((a, "w.bin"), (b, "copy.bin")):
             admin.download(model.id, tmp_path / model.id)
             assert (tmp_path / model.id / name).read_bytes() == weights
         assert admin.fsck()["ok"]
+
+
+def test_fsck_repair_refuses_when_most_of_the_index_is_missing(
+    small_parts: RunningServer, tmp_path: Path
+) -> None:
+    """A store that holds almost none of what the index names is more likely the wrong store (a
+    replica started with another --blob-url) than a damaged one: forgetting would empty the index."""
+    files = {f"f{i}.bin": os.urandom(100) for i in range(12)}
+    with small_parts.client() as admin:
+        project = admin.create_project("p").id
+        admin.upload(write_tree(tmp_path / "m", files), project=project, name="m")
+        store = small_parts.app.state.services.models.blobs  # type: ignore[attr-defined]
+        for data in list(files.values())[:11]:
+            store.local_path(hashlib.sha256(data).hexdigest()).unlink()
+        with pytest.raises(Conflict, match="11 of the 12 blobs the index names are missing") as caught:
+            admin.fsck(repair=True)
+        assert "--blob-url" in (caught.value.hint or "")
+        assert len(admin.fsck()["missing"]) == 11  # nothing was forgotten
 
 
 def test_a_download_fetches_every_good_file_and_names_every_damaged_one(

@@ -75,9 +75,14 @@ def fsck(repair: bool, as_json: bool) -> None:
                 f"Forgot {report['forgotten']} damaged blob(s): upload the affected files again "
                 "(as any model) to restore them for every model that names them."
             )
-        elif not report["ok"]:
+        elif report["missing"] or report["corrupt"]:
             click.echo(
                 "Run `modeldepot fsck --repair`, then upload the affected files again, to restore them."
+            )
+        elif not report["ok"]:
+            click.echo(
+                "The affected files have no stored content (a repair forgot it): upload them again "
+                "(as any model) to restore them."
             )
     if not report["ok"]:
         sys.exit(8)

@@ -114,13 +114,46 @@ class BlobRows:
             yield gone.rowcount == 1
 
     @contextmanager
-    def forgetting_blob(self, sha256: str) -> Iterator[None]:
+    def forgetting_blob(self, sha256: str, touched_at: datetime) -> Iterator[bool]:
         """Delete blob ``sha256``'s row whatever names it (``fsck --repair``: its bytes are damaged or
-        gone); the caller deletes the bytes inside the block, while the row stays locked. The next
+        gone), if it was not touched since ``touched_at`` (when it was found damaged: a blob collected
+        and published again since, or touched by an upload, is left alone); yield whether it was
+        deleted. The caller deletes the bytes inside the block, while the row stays locked. The next
         upload of that content then sends it again, and every model naming it has it back."""
         with self._tx() as conn:
-            conn.execute(delete(t.blobs).where(t.blobs.c.sha256 == sha256))
-            yield
+            gone = conn.execute(
+                delete(t.blobs).where(t.blobs.c.sha256 == sha256, t.blobs.c.touched_at == touched_at)
+            )
+            yield gone.rowcount == 1
+
+    def blob_touches(self, shas: Iterable[str]) -> dict[str, datetime]:
+        """When each of ``shas`` that has an index row was last touched."""
+        wanted = sorted(set(shas))
+        found: dict[str, datetime] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(t.blobs.c.sha256, t.blobs.c.touched_at).where(
+                        t.blobs.c.sha256.in_(wanted[i : i + 500])
+                    )
+                )
+                found.update((sha, touched) for sha, touched in rows)
+        return found
+
+    def unbacked_files(self) -> list[tuple[str, str, str]]:
+        """(model id, path, sha256) of the files of ready models whose content has no index row (its
+        blob was forgotten by ``fsck --repair`` and not uploaded again since)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.model_files.c.model_id, t.model_files.c.path, t.model_files.c.sha256)
+                .join(t.models, t.models.c.id == t.model_files.c.model_id)
+                .where(
+                    t.models.c.state == "ready",
+                    ~exists().where(t.blobs.c.sha256 == t.model_files.c.sha256),
+                )
+                .order_by(t.model_files.c.model_id, t.model_files.c.path)
+            )
+            return [(m, p, s) for m, p, s in rows]
 
     def files_naming(self, shas: Iterable[str]) -> list[tuple[str, str, str]]:
         """(model id, path, sha256) of every model file whose content is one of ``shas``."""
@@ -136,12 +169,13 @@ class BlobRows:
                 found.extend((m, p, s) for m, p, s in rows)
         return sorted(found)
 
-    def blob_index(self) -> Iterator[tuple[str, int]]:
+    def blob_index(self) -> Iterator[tuple[str, int, datetime]]:
+        """(sha256, size, when last touched) of every indexed blob."""
         with self.engine.connect() as conn:
-            for sha, size in conn.execute(
-                select(t.blobs.c.sha256, t.blobs.c.size).order_by(t.blobs.c.sha256)
+            for sha, size, touched in conn.execute(
+                select(t.blobs.c.sha256, t.blobs.c.size, t.blobs.c.touched_at).order_by(t.blobs.c.sha256)
             ):
-                yield sha, int(size)
+                yield sha, int(size), touched
 
     # -- pending blobs of uploads ---------------------------------------------------------------
 

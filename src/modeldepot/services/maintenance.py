@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 from datetime import UTC, datetime, timedelta
 
+from ..errors import Conflict
 from .ports import BlobStore, MetadataStore
 from .uploads import UploadService
 
@@ -47,12 +48,14 @@ class FsckReport:
     missing: tuple[str, ...]  # indexed, but the blob store does not have them
     corrupt: tuple[str, ...]  # stored bytes whose size or sha256 is wrong
     unindexed: tuple[str, ...]  # in the blob store, unknown to the index (the collector ignores them)
-    affected: tuple[AffectedFile, ...] = ()  # the model files whose content is missing or corrupt
+    # The files of models whose content is missing or corrupt, or (forgotten by a repair and not sent
+    # again since) not stored at all.
+    affected: tuple[AffectedFile, ...] = ()
     forgotten: int = 0  # with repair: damaged blobs dropped from the index (and their bytes deleted)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.corrupt)
+        return not (self.missing or self.corrupt or self.affected)
 
 
 class Maintenance:
@@ -102,17 +105,22 @@ class Maintenance:
 
     def fsck(self, *, repair: bool = False) -> FsckReport:
         """Re-hash every indexed blob; report what is missing, corrupt, or stored but not indexed, and
-        which model files have the missing or corrupt content.
+        which model files have the missing or corrupt content (or, after a repair, none at all).
+
+        A blob found damaged counts only if its index row is still the one read at the start: one
+        the collector removed meanwhile is not missing, and one published again meanwhile is fine.
 
         ``repair``: forget each missing or corrupt blob (its index row, and its damaged bytes), so
         that the next upload of that content sends it again, which restores it for every model that
-        names it. Without that, an upload finds the content "stored" and sends nothing.
+        names it. Without that, an upload finds the content "stored" and sends nothing. Refused when
+        most of the index is missing: the blob store is then likely not the one the index describes
+        (a wrong --blob-url), and forgetting would empty the index.
         """
         missing, corrupt = [], []
         checked = checked_bytes = 0
-        indexed = set()
-        for sha, size in self.store.blob_index():
-            indexed.add(sha)
+        indexed: dict[str, datetime] = {}  # sha256 -> when last touched, as the index said
+        for sha, size, touched in self.store.blob_index():
+            indexed[sha] = touched
             have = self.blobs.size(sha)
             if have is None:
                 missing.append(sha)
@@ -127,13 +135,32 @@ class Maintenance:
             checked, checked_bytes = checked + 1, checked_bytes + have
             if have != size or digest.hexdigest() != sha:
                 corrupt.append(sha)
-        unindexed = [sha for sha, _ in self.blobs.iter_blobs() if sha not in indexed]
+        now = self.store.blob_touches(missing + corrupt)
+        missing = [sha for sha in missing if now.get(sha) == indexed[sha]]
+        corrupt = [sha for sha in corrupt if now.get(sha) == indexed[sha]]
+        stray = [sha for sha, _ in self.blobs.iter_blobs() if sha not in indexed]
+        published = self.store.blob_touches(stray)  # since the index was read
+        unindexed = [sha for sha in stray if sha not in published]
         damaged = missing + corrupt
-        affected = tuple(AffectedFile(*row) for row in self.store.files_naming(damaged))
+        if repair and len(missing) >= 10 and len(missing) * 2 >= len(indexed):
+            raise Conflict(
+                f"{len(missing)} of the {len(indexed)} blobs the index names are missing from "
+                f"{self.blobs.location()}: it may not be the blob store this database belongs to; "
+                "nothing was forgotten",
+                hint="Check the server's --blob-url (MODELDEPOT_BLOB_URL); `modeldepot fsck` without "
+                "--repair lists what is missing.",
+            )
+        forgotten: set[str] = set()
         if repair:
             for sha in damaged:
-                with self.store.forgetting_blob(sha):  # no upload re-publishes it meanwhile
-                    self.blobs.delete(sha)
+                # Under the row: no upload publishes this content again meanwhile.
+                with self.store.forgetting_blob(sha, indexed[sha]) as gone:
+                    if gone:
+                        self.blobs.delete(sha)
+                        forgotten.add(sha)
+        # Files of forgotten content are found again as having none (unless it was sent again since).
+        named = self.store.files_naming([sha for sha in damaged if sha not in forgotten])
+        affected = tuple(AffectedFile(*row) for row in sorted({*named, *self.store.unbacked_files()}))
         return FsckReport(
             blobs_checked=checked,
             bytes_checked=checked_bytes,
@@ -141,5 +168,5 @@ class Maintenance:
             corrupt=tuple(corrupt),
             unindexed=tuple(unindexed),
             affected=affected,
-            forgotten=len(damaged) if repair else 0,
+            forgotten=len(forgotten),
         )
