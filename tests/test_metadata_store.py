@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -225,3 +227,21 @@ def test_fsck_forgets_a_blob_only_if_untouched_since_it_was_found_damaged(store:
     with store.forgetting_blob(sha, touched) as gone:
         assert gone
     assert store.stored_blobs([sha]) == {}
+
+
+def test_servers_started_together_migrate_one_after_the_other(database_url: str) -> None:
+    """Replicas started at once on a new database all ran the migrations at the same time, and all
+    but one failed (PostgreSQL: duplicate key in pg_type, as they created the same tables). Each
+    starts in a process of its own, as replicas do (Alembic's context is one per process)."""
+    script = "import sys; from modeldepot.metadata import SqlMetadataStore; SqlMetadataStore(sys.argv[1]).migrate()"
+    starts = [
+        subprocess.Popen([sys.executable, "-c", script, database_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    failed = [err for proc in starts if (err := proc.communicate(timeout=120)[1]) and proc.returncode]
+    if database_url.startswith("postgresql"):
+        assert failed == []
+    store = SqlMetadataStore(database_url)
+    store.migrate()
+    assert store.list_projects(None) == []
+    store.close()

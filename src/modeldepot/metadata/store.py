@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -36,6 +37,8 @@ from .blob_rows import BlobRows
 from .workload_rows import WorkloadRows
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock that migrations take (an arbitrary number: "modeldepot" in ASCII).
+_MIGRATION_LOCK = 0x6D6F64656C646570
 
 
 def _disk_full(error: BaseException | None) -> bool:
@@ -90,6 +93,10 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas started together migrate one after the other (the others then find the
+                # schema current): at once, all but one failed creating the same tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
