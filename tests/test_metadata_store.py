@@ -245,3 +245,32 @@ def test_servers_started_together_migrate_one_after_the_other(database_url: str)
     store.migrate()
     assert store.list_projects(None) == []
     store.close()
+
+
+def test_the_same_new_alias_set_from_many_places_at_once(store: SqlMetadataStore) -> None:
+    """Replicas creating the same alias at once each looked, found none and inserted: all but one
+    failed with a duplicate key (a 500). Each alias now ends on one of the models, with no error."""
+    import threading
+
+    pid = _project(store)
+    models = [_model(store, pid, "r") for _ in range(4)]
+    start = threading.Barrier(len(models))
+    errors: list[BaseException] = []
+
+    def set_all(model_id: str) -> None:
+        start.wait()
+        for i in range(15):
+            try:
+                store.set_alias(Alias(pid, "r", f"stage{i}", model_id, NOW, "t"))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=set_all, args=(m.id,)) for m in models]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for i in range(15):
+        got = store.get_alias(pid, "r", f"stage{i}")
+        assert got is not None and got.model_id in {m.id for m in models}

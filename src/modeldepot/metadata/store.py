@@ -27,6 +27,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 from ..errors import StorageFull
@@ -531,11 +533,6 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
     # -- aliases -----------------------------------------------------------------------------------
 
     def set_alias(self, alias: Alias) -> None:
-        key = (
-            t.aliases.c.project_id == alias.project_id,
-            t.aliases.c.model_name == alias.model_name,
-            t.aliases.c.alias == alias.alias,
-        )
         values = {
             "project_id": alias.project_id,
             "model_name": alias.model_name,
@@ -545,10 +542,20 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
             "updated_by": alias.updated_by,
         }
         with self._tx() as conn:
-            if conn.execute(select(t.aliases.c.alias).where(*key)).first() is None:
-                conn.execute(insert(t.aliases).values(**values))
-            else:
-                conn.execute(update(t.aliases).where(*key).values(**values))
+            # One statement, not a look and then an insert: replicas creating the same alias at once
+            # both inserted, and one failed with a duplicate key (a 500).
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            stmt = dialect_insert(t.aliases).values(**values)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[t.aliases.c.project_id, t.aliases.c.model_name, t.aliases.c.alias],
+                    set_={
+                        "model_id": stmt.excluded.model_id,
+                        "updated_at": stmt.excluded.updated_at,
+                        "updated_by": stmt.excluded.updated_by,
+                    },
+                )
+            )
             conn.execute(
                 insert(t.alias_history).values(
                     project_id=alias.project_id,
