@@ -253,6 +253,37 @@ def test_a_large_file_whose_bytes_no_longer_match_its_digest_is_named_in_the_err
         assert c.list_models(project=project, state="any").items == ()
 
 
+def test_a_failed_run_does_not_delete_the_model_another_run_of_the_same_upload_made(
+    small_parts: RunningServer, tmp_path: Path
+) -> None:
+    """The same upload run twice at once: the second resumes the first's model (same upload key).
+    A run that failed deleted the model whatever made it, also one the other run had just
+    committed ("Uploaded", and then gone). A run now deletes only a model it made, still uploading."""
+    from modeldepot.client.uploader import upload_key
+
+    f = write_tree(tmp_path / "m", {"w.bin": os.urandom(3 * MiB)}) / "w.bin"
+    stale = hashlib.sha256(b"what it held before").hexdigest()
+    cache = HashCache(tmp_path / "hashes.db")
+    st = f.stat()
+    cache.put(st, stale, hashed_at=st.st_mtime + 5)  # this run's files list, as the other run's
+    cache.close()
+    meta = {"name": "m", "type": None, "summary": None, "notes": None, "metadata": None, "dataset_ref": None}
+    body = {**meta, "tags": [], "files": [{"path": "w.bin", "size": st.st_size, "sha256": stale}]}
+    with small_parts.client() as admin, small_parts.http() as http:
+        project = admin.create_project("p").id
+        other = http.post(
+            f"/projects/{project}/models", json=body | {"upload_key": upload_key(project, body)}
+        ).json()
+        c = Client(small_parts.url, small_parts.admin_key, hash_cache=tmp_path / "hashes.db")
+        with c, pytest.raises(IntegrityError, match="changed while it was being uploaded"):
+            c.upload(f, project=project, name="m")  # resumes the other run's model, then fails
+        assert admin.get_model(other["model"]["id"]).state == "uploading"  # still the other run's
+        c = Client(small_parts.url, small_parts.admin_key, hash_cache=tmp_path / "hashes.db")
+        with c, pytest.raises(IntegrityError):
+            c.upload(f, project=project, name="m2")  # a model of its own: removed when it fails
+        assert [m.name for m in admin.list_models(project=project, state="any").items] == ["m"]
+
+
 def test_content_an_upload_counts_on_is_not_collected(small_parts: RunningServer, tmp_path: Path) -> None:
     with small_parts.client() as admin, small_parts.http() as http:
         project = admin.create_project("p").id

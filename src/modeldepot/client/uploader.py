@@ -99,6 +99,7 @@ class Uploader:
         if ahead is not None:
             body["staged"] = ahead.named(manifest)
         model_id: str | None = None
+        created = False  # whether this run made the model (not resumed one another run made)
         try:
             for attempt in range(3):
                 try:
@@ -110,6 +111,7 @@ class Uploader:
                         ahead.cancel(keep=isinstance(exc, RESUMABLE))
                     raise
                 model_id = plan["model"]["id"]
+                created = created or not plan.get("resumed", False)
                 if ahead is not None:
                     # Parts of content the server still needs go on; the others stop.
                     ahead.finish({m["sha256"] for m in plan["missing"]})
@@ -130,10 +132,13 @@ class Uploader:
                 exc.hint = "Run the same upload again to resume it where it stopped."
             raise
         except BaseException:
-            if model_id is not None:
-                # If this fails too, the server's cleanup of expired uploads removes the model later.
+            if model_id is not None and created:
+                # Only a model this run made and that is still uploading: the same upload run twice
+                # at once resumes one model, and the run that failed deleted the one the other had
+                # just committed. If this fails too, the cleanup of expired uploads removes it later.
                 with contextlib.suppress(ModeldepotError):
-                    self.client.delete_model(model_id)
+                    if self.client.get_model(model_id).state == "uploading":
+                        self.client.delete_model(model_id)
             raise
 
     def _send(self, missing: list[dict[str, Any]], local_of: dict[str, Path]) -> None:
