@@ -215,3 +215,37 @@ def test_a_file_gone_from_the_bucket_is_a_readable_error_not_the_stores_xml(
             admin.download(model.id, tmp_path / "out")
         assert caught.value.detail.startswith("The object store answered 404 NoSuchKey")
         assert "<" not in caught.value.detail and "modeldepot fsck" in (caught.value.hint or "")
+
+
+def test_a_blob_whose_store_upload_a_stopped_server_completed_is_finished_by_another(
+    s3_server: RunningServer, tmp_path: Path
+) -> None:
+    """A replica killed during `complete`, after it completed the object store's multipart upload but
+    before it published the blob: the upload lists no part any more, so the parts plan handed out
+    URLs to a dead upload and complete answered "6 part(s) have not arrived" until the upload
+    expired. The completed object is finished (verified, published) by whichever server is asked."""
+    big = os.urandom(11 * MiB + 3)
+    digest = hashlib.sha256(big).hexdigest()
+    with s3_server.http() as http, httpx.Client() as bucket:
+        project = http.post("/projects", json={"name": "p"}).json()["id"]
+        manifest = {"name": "m", "files": [{"path": "w.bin", "size": len(big), "sha256": digest}]}
+        plan = http.post(f"/projects/{project}/models", json=manifest).json()
+        parts = http.post(plan["missing"][0]["parts_url"]).json()
+        for p in parts["parts"]:
+            assert bucket.put(p["url"], content=big[p["offset"] : p["offset"] + p["size"]]).status_code == 200
+        store = s3_server.app.state.services.models.blobs  # type: ignore[attr-defined]
+        (staging_id,) = store.staging_ids()
+        key, upload_id = store._staging(staging_id)
+        listed = store.client.list_parts(Bucket=store.bucket, Key=key, UploadId=upload_id)["Parts"]
+        store.client.complete_multipart_upload(  # what the stopped server did, and no more
+            Bucket=store.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in listed]},
+        )
+        again = http.post(plan["missing"][0]["parts_url"]).json()
+        assert [p["received"] for p in again["parts"]] == [True, True, True]
+        assert http.post(again["complete_url"]).status_code == 204
+        model = http.post(f"/models/{plan['model']['id']}/commit").json()
+        assert model["state"] == "ready"
+        assert http.get(f"/models/{model['id']}/files/w.bin", follow_redirects=True).content == big

@@ -276,6 +276,10 @@ class LocalBlobStore:
     def check(self) -> None:
         """Nothing to check: the folders were made (or failed to be) when the store opened."""
 
+    def completed_size(self, staging_id: str) -> int | None:
+        """None: a local staging area is finished in one step (see the S3 store's)."""
+        return None
+
     def writer(self) -> LocalBlobWriter:
         return LocalBlobWriter(self)
 

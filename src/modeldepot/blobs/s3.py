@@ -718,6 +718,21 @@ class S3BlobStore:
         parts = self._parts(key, upload_id) if upload_id is not None else None
         return {int(p["PartNumber"]): int(p["Size"]) for p in parts or []}
 
+    def completed_size(self, staging_id: str) -> int | None:
+        """The size of the object a staging area's upload was completed into, when it was (by a
+        server that stopped before it published the blob: finishing again verifies and publishes
+        it); None while the upload is open or when there is nothing."""
+        key, upload_id = self._staging(staging_id)
+        if upload_id is not None and self._parts(key, upload_id) is not None:
+            return None
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise
+        return int(head["ContentLength"])
+
     def finish_staging(self, staging_id: str, sha256: str, size: int) -> None:
         """Complete the upload, hash the object it made; if it is the blob announced, publish it."""
         key, upload_id = self._staging(staging_id)

@@ -270,12 +270,21 @@ class UploadService:
         if not self.store.renew_staging(staging_id, expires_at):
             raise _no_staging(staging_id)
         staging = dataclasses.replace(staging, expires_at=expires_at)
-        received = self.blobs.received_parts(staging_id)
+        received = self._received(staging_id, staging.size, staging.part_size)
         return StagedPlan(
             staging=staging,
             parts=self._part_list(staging_id, staging.size, staging.part_size, url_ttl, received),
             in_order=self.blobs.parts_in_order,
         )
+
+    def _received(self, staging_id: str, size: int, part_size: int) -> dict[int, int]:
+        """The parts of a staging area that arrived, by number: every one when the object store's
+        upload was completed already (by a server that stopped before it published the blob; no part
+        is listed then, and finishing again verifies and publishes the object)."""
+        received = self.blobs.received_parts(staging_id)
+        if not received and size and self.blobs.completed_size(staging_id) == size:
+            return {number: part for number, _, part in _layout(size, part_size)}
+        return received
 
     def _part_list(
         self, staging_id: str, size: int, part_size: int, url_ttl: int, received: dict[int, int]
@@ -474,7 +483,7 @@ class UploadService:
                 # Another request opened one first: use that one.
                 self.blobs.abort_staging(staging_id)
                 return self.parts(principal, model_id, sha256, url_ttl=url_ttl)
-        received = self.blobs.received_parts(staging_id)
+        received = self._received(staging_id, pending.size, part_size)
         return PartPlan(
             sha256=pending.sha256,
             size=pending.size,
@@ -528,7 +537,7 @@ class UploadService:
         pending = self._pending(principal, model_id, sha256)
         if pending.staging_id is None or pending.part_size is None:
             raise Conflict(f"No part of blob {pending.sha256} has been sent yet")
-        received = self.blobs.received_parts(pending.staging_id)
+        received = self._received(pending.staging_id, pending.size, pending.part_size)
         absent = [n for n, _, size in _layout(pending.size, pending.part_size) if received.get(n) != size]
         if absent:
             raise Conflict(
