@@ -55,7 +55,8 @@ class UrlSigner:
         if not good:
             raise PermissionDenied(
                 "This URL's signature is not valid",
-                hint="Use the URL exactly as the server returned it, or ask for a new one.",
+                hint="Use the URL exactly as the server returned it, or ask for a new one. (Behind a "
+                "load balancer, every replica must have the same MODELDEPOT_SIGNING_SECRET.)",
             )
         claims: Any = json.loads(_unb64(payload))
         if not isinstance(claims, dict) or claims.get("m") != method.upper():
