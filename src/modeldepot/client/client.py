@@ -239,7 +239,8 @@ class Client:
         content the server lacks is sent, large files in parts several at a time; the model becomes
         visible when every byte is verified. If the upload is cut off
         (network, server restart, Ctrl-C), calling ``upload`` again with the same arguments resumes
-        it; on other failures the half-made model is removed.
+        it; on other failures the half-made model is removed if this call made it (one it resumed
+        may be another run's: it is left to finish, or to expire with the upload expiry).
         """
         meta = {
             "name": name,
