@@ -379,15 +379,22 @@ class S3BlobStore:
             raise ServerError(f"A blob pointer in {self.location()} names {target!r}, outside this store")
         return str(target), int(size)
 
-    def _resolve(self, sha256: str) -> tuple[str, int] | None:
-        """(key of its bytes, size) of blob ``sha256``, following a pointer; None if there is none."""
-        final = self._blob_key(sha256)
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """The HEAD answer of the object at ``key``; None if there is none."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=final)
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
             raise
+        return head
+
+    def _resolve(self, sha256: str) -> tuple[str, int] | None:
+        """(key of its bytes, size) of blob ``sha256``, following a pointer; None if there is none."""
+        final = self._blob_key(sha256)
+        head = self._head(final)
+        if head is None:
+            return None
         return self._pointer(head) or (final, int(head["ContentLength"]))
 
     def _blob_objects(self) -> Iterator[tuple[str, str, int]]:
@@ -721,17 +728,10 @@ class S3BlobStore:
     def completed_size(self, staging_id: str) -> int | None:
         """The size of the object a staging area's upload was completed into, when it was (by a
         server that stopped before it published the blob: finishing again verifies and publishes
-        it); None while the upload is open or when there is nothing."""
-        key, upload_id = self._staging(staging_id)
-        if upload_id is not None and self._parts(key, upload_id) is not None:
-            return None
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            raise
-        return int(head["ContentLength"])
+        it); None while the upload is open (the object exists only once it is completed) or when
+        there is nothing."""
+        head = self._head(self._staging(staging_id)[0])
+        return None if head is None else int(head["ContentLength"])
 
     def finish_staging(self, staging_id: str, sha256: str, size: int) -> None:
         """Complete the upload, hash the object it made; if it is the blob announced, publish it."""

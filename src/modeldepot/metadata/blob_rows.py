@@ -68,17 +68,21 @@ class BlobRows:
                 )
             yield
 
-    def stored_blobs(self, shas: Iterable[str]) -> dict[str, int]:
-        """Size of each of ``shas`` the blob store holds (per the index)."""
+    def _blob_column(self, column: Any, shas: Iterable[str]) -> dict[str, Any]:
+        """``column`` of the index row of each of ``shas`` that has one (500 to a query)."""
         wanted = sorted(set(shas))
-        found: dict[str, int] = {}
+        found: dict[str, Any] = {}
         with self.engine.connect() as conn:
             for i in range(0, len(wanted), 500):
                 rows = conn.execute(
-                    select(t.blobs.c.sha256, t.blobs.c.size).where(t.blobs.c.sha256.in_(wanted[i : i + 500]))
+                    select(t.blobs.c.sha256, column).where(t.blobs.c.sha256.in_(wanted[i : i + 500]))
                 )
-                found.update((sha, int(size)) for sha, size in rows)
+                found.update((sha, value) for sha, value in rows)
         return found
+
+    def stored_blobs(self, shas: Iterable[str]) -> dict[str, int]:
+        """Size of each of ``shas`` the blob store holds (per the index)."""
+        return {sha: int(size) for sha, size in self._blob_column(t.blobs.c.size, shas).items()}
 
     def touch_blobs(self, shas: Iterable[str]) -> None:
         wanted = sorted(set(shas))
@@ -128,17 +132,7 @@ class BlobRows:
 
     def blob_touches(self, shas: Iterable[str]) -> dict[str, datetime]:
         """When each of ``shas`` that has an index row was last touched."""
-        wanted = sorted(set(shas))
-        found: dict[str, datetime] = {}
-        with self.engine.connect() as conn:
-            for i in range(0, len(wanted), 500):
-                rows = conn.execute(
-                    select(t.blobs.c.sha256, t.blobs.c.touched_at).where(
-                        t.blobs.c.sha256.in_(wanted[i : i + 500])
-                    )
-                )
-                found.update((sha, touched) for sha, touched in rows)
-        return found
+        return self._blob_column(t.blobs.c.touched_at, shas)
 
     def unbacked_files(self) -> list[tuple[str, str, str]]:
         """(model id, path, sha256) of the files of ready models whose content has no index row (its
