@@ -6,6 +6,7 @@ import dataclasses
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -34,21 +35,20 @@ def _project(store: SqlMetadataStore, name: str = "p") -> str:
     return pid
 
 
+def _new_model(pid: str, name: str, **fields: Any) -> NewModel:
+    defaults: dict[str, Any] = {
+        "type": "ONNX", "summary": {"acc": 0.5}, "notes": "", "tags": (), "metadata": {},
+        "dataset_ref": None, "source": "upload", "created_at": NOW, "created_by": "t",
+        "expires_at": NOW + timedelta(hours=1), "files": (),
+    }  # fmt: skip
+    return NewModel(id=ids.model_id(), project_id=pid, name=name, **(defaults | fields))
+
+
 def _model(store: SqlMetadataStore, pid: str, name: str, tags: tuple[str, ...] = (), files: int = 1):
-    new = NewModel(
-        id=ids.model_id(),
-        project_id=pid,
-        name=name,
-        type="ONNX",
-        summary={"acc": 0.5},
-        notes="",
+    new = _new_model(
+        pid,
+        name,
         tags=tags,
-        metadata={},
-        dataset_ref=None,
-        source="upload",
-        created_at=NOW,
-        created_by="t",
-        expires_at=NOW + timedelta(hours=1),
         files=tuple(ModelFile(path=f"f{i}.bin", size=i, sha256=f"{i:064x}") for i in range(files)),
     )
     model = store.create_model(new)
@@ -274,3 +274,77 @@ def test_the_same_new_alias_set_from_many_places_at_once(store: SqlMetadataStore
     for i in range(15):
         got = store.get_alias(pid, "r", f"stage{i}")
         assert got is not None and got.model_id in {m.id for m in models}
+
+
+def _uploading(pid: str, key: str, by: str = "t") -> NewModel:
+    files = (ModelFile(path="w.bin", size=1, sha256="ab" * 32),)
+    return _new_model(pid, "m", created_by=by, files=files, upload_key=key)
+
+
+def test_one_uploading_model_per_upload_key(store: SqlMetadataStore) -> None:
+    """The same upload started on several replicas at once made as many uploading models, each
+    taking a version. Now the second start is told which model the first made."""
+    from modeldepot.services.ports import UploadInProgress
+
+    pid = _project(store)
+    first = store.create_model(_uploading(pid, "cd" * 32))
+    with pytest.raises(UploadInProgress) as raced:
+        store.create_model(_uploading(pid, "cd" * 32))
+    assert raced.value.model_id == first.id
+    other_user = store.create_model(_uploading(pid, "cd" * 32, by="u"))  # keys are per creator
+    store.update_model(first.id, state="ready", expires_at=None)
+    again = store.create_model(_uploading(pid, "cd" * 32))  # only uploading models hold their key
+    assert [first.version, other_user.version, again.version] == [1, 2, 3]
+    store.release_upload_key(again.id)
+    assert store.find_upload(pid, "cd" * 32, "t") is None
+    store.create_model(_uploading(pid, "cd" * 32))
+
+
+def test_the_database_itself_keeps_an_upload_key_to_one_uploading_model(store: SqlMetadataStore) -> None:
+    """What holds when replicas check at the same instant and both find nothing: the unique index."""
+    from sqlalchemy import exc, insert
+
+    from modeldepot.metadata import tables as t
+
+    pid = _project(store)
+    row = {
+        "project_id": pid, "name": "m", "type": "Custom", "state": "uploading", "summary": {},
+        "notes": "", "metadata": {}, "source": "upload", "created_at": NOW, "created_by": "t",
+        "size": 1, "file_count": 1, "upload_key": "ef" * 32,
+    }  # fmt: skip
+    with store.engine.begin() as conn:
+        conn.execute(insert(t.models).values(id=ids.model_id(), version=1, **row))
+    with pytest.raises(exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(insert(t.models).values(id=ids.model_id(), version=2, **row))
+    with store.engine.begin() as conn:  # a ready model keeps its key, out of the way
+        conn.execute(insert(t.models).values(id=ids.model_id(), version=2, **(row | {"state": "ready"})))
+
+
+def test_upgrading_keeps_the_newest_of_uploads_that_share_a_key(database_url: str) -> None:
+    """Databases that the race filled with duplicates upgrade: the newest keeps the key."""
+    from sqlalchemy import insert, select
+
+    from modeldepot.metadata import tables as t
+
+    store = SqlMetadataStore(database_url)
+    try:
+        store.migrate("0003")
+        made = [ids.model_id() for _ in range(4)]
+        with store.engine.begin() as conn:
+            conn.execute(insert(t.projects).values(id="pr0000001", name="p", created_at=NOW, created_by="t"))
+            for version, mid in enumerate(made, 1):
+                conn.execute(
+                    insert(t.models).values(
+                        id=mid, project_id="pr0000001", name="m", version=version, type="Custom",
+                        state="ready" if version == 1 else "uploading", summary={}, notes="",
+                        metadata={}, source="upload", created_at=NOW, created_by="t", size=1,
+                        file_count=1, upload_key="ab" * 32,
+                    )
+                )  # fmt: skip
+        store.migrate()
+        with store.engine.connect() as conn:
+            keys = dict(conn.execute(select(t.models.c.id, t.models.c.upload_key)).all())
+        assert keys == {made[0]: "ab" * 32, made[1]: None, made[2]: None, made[3]: "ab" * 32}
+        assert store.find_upload("pr0000001", "ab" * 32, "t") == made[3]
+    finally:
+        store.close()

@@ -19,6 +19,7 @@ from modeldepot import Client, Conflict, IntegrityError, InvalidInput
 from modeldepot.client.hashcache import HashCache
 
 from .conftest import RunningServer, make_settings, running_server, write_tree
+from .test_download_dest import partial_of
 
 MiB = 1024 * 1024
 
@@ -284,6 +285,60 @@ def test_a_failed_run_does_not_delete_the_model_another_run_of_the_same_upload_m
         assert [m.name for m in admin.list_models(project=project, state="any").items] == ["m"]
 
 
+def test_the_same_upload_started_on_two_replicas_at_once_makes_one_model(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Replicas each looked for the upload key's model, found none and made one: 12 starts at once
+    made 6-7 uploading models, each taking a version. Now they all get the one model, and the runs
+    of the same upload through both replicas end with it ready."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modeldepot.client.uploader import upload_key
+
+    data = os.urandom(3 * MiB)  # in parts
+    meta = {"name": "m", "type": None, "summary": None, "notes": None, "metadata": None, "dataset_ref": None}
+    files = [{"path": "w.bin", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
+    settings = make_settings(database_url, tmp_path / "data", upload_part_size=MiB)
+    with running_server(settings) as one, running_server(settings) as two:
+        with one.client() as admin:
+            project = admin.create_project("p").id
+        body = {**meta, "tags": [], "files": files}
+        body["upload_key"] = upload_key(project, body)  # as the SDK makes it: its runs resume this
+        start = threading.Barrier(12)
+
+        def begin(replica: RunningServer) -> tuple[int, dict[str, Any]]:
+            with replica.http() as http:
+                start.wait()
+                answer = http.post(f"/projects/{project}/models", json=body)
+                return answer.status_code, answer.json()
+
+        with ThreadPoolExecutor(12) as pool:
+            started = list(pool.map(begin, [one, two] * 6))
+        assert {code for code, _ in started} == {201}
+        assert len({plan["model"]["id"] for _, plan in started}) == 1
+        assert sorted(plan["resumed"] for _, plan in started) == [False] + [True] * 11
+        with one.client() as admin:
+            (model,) = admin.list_models(project=project, state="any").items
+        assert model.version == 1 and model.state == "uploading"
+
+        f = write_tree(tmp_path / "src", {"w.bin": data}) / "w.bin"
+
+        def upload(run: int, replica: RunningServer) -> Any:
+            with Client(replica.url, replica.admin_key, hash_cache=tmp_path / f"h{run}.db") as c:
+                return c.upload(f, project=project, name="m")
+
+        with ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(upload, (1, 2), (one, two)))
+        # Each run resumed the model, or, if the other had already committed it, made the next version.
+        assert model.id in {m.id for m in done}
+        with one.client() as admin:
+            assert admin.get_model(model.id).state == "ready"
+            made = admin.list_models(project=project, state="any").items
+            assert {m.id for m in made} == {m.id for m in done} and {m.state for m in made} == {"ready"}
+            admin.download(model.id, tmp_path / "out")
+        assert (tmp_path / "out" / "w.bin").read_bytes() == data
+
+
 def test_content_an_upload_counts_on_is_not_collected(small_parts: RunningServer, tmp_path: Path) -> None:
     with small_parts.client() as admin, small_parts.http() as http:
         project = admin.create_project("p").id
@@ -444,15 +499,17 @@ def test_downloads_resume_and_never_keep_a_corrupt_file(admin: Client, project: 
     data = os.urandom(3 * MiB)
     model = admin.upload(write_tree(tmp_path / "m", {"w.bin": data}) / "w.bin", project=project, name="r")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "w.bin.part").write_bytes(data[:MiB])  # an earlier download cut off after 1 MiB
+    part, _ = partial_of(out, "w.bin")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:MiB])  # an earlier download cut off after 1 MiB
     admin.download(model.id, out)
-    assert (out / "w.bin").read_bytes() == data and not (out / "w.bin.part").exists()
+    assert (out / "w.bin").read_bytes() == data and not part.parent.exists()
     (out / "w.bin").unlink()
-    (out / "w.bin.part").write_bytes(b"garbage that is not the start of the file")
-    with pytest.raises(IntegrityError):
+    part.parent.mkdir()
+    part.write_bytes(b"garbage that is not the start of the file")
+    with pytest.raises(IntegrityError, match="resumed from a partial file"):
         admin.download(model.id, out)
-    assert not (out / "w.bin").exists() and not (out / "w.bin.part").exists()
+    assert sorted(out.iterdir()) == []
     admin.download(model.id, out)
     assert (out / "w.bin").read_bytes() == data
 
@@ -467,17 +524,18 @@ def test_large_files_download_in_parallel_ranges(admin: Client, project: str, tm
     downloader.RANGED_THRESHOLD, downloader.RANGE_SIZE = MiB, MiB
     try:
         out = tmp_path / "out"
-        out.mkdir()
+        part, done = partial_of(out, "w.bin")
+        part.parent.mkdir(parents=True)
         # Half the ranges arrived before an interruption: only the rest is fetched.
-        with (out / "w.bin.part").open("wb") as f:
+        with part.open("wb") as f:
             f.truncate(len(data))
             f.write(data[: 2 * MiB])
-        (out / "w.bin.part.done").write_text(f"0\n{MiB}\n")
+        done.write_text(f"0\n{MiB}\n")
         admin.download(model.id, out)
     finally:
         downloader.RANGED_THRESHOLD, downloader.RANGE_SIZE = old
     assert (out / "w.bin").read_bytes() == data
-    assert not (out / "w.bin.part.done").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["w.bin"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -498,15 +556,16 @@ def test_ranges_from_an_earlier_run_anywhere_in_the_file_are_hashed_in_order(
     try:
         for corrupt in (False, True):
             out = tmp_path / f"out-{corrupt}"
-            out.mkdir()
-            with (out / "w.bin.part").open("wb") as f:
+            part, done = partial_of(out, "w.bin")
+            part.parent.mkdir(parents=True)
+            with part.open("wb") as f:
                 f.truncate(len(data))
                 for start in kept:
                     f.seek(start)
                     f.write(data[start : start + range_size] if not corrupt else os.urandom(range_size))
-            (out / "w.bin.part.done").write_text("".join(f"{start}\n" for start in kept))
+            done.write_text("".join(f"{start}\n" for start in kept))
             if corrupt:
-                with pytest.raises(IntegrityError, match="corrupted"):
+                with pytest.raises(IntegrityError, match=r"corrupted .* resumed from a partial file"):
                     admin.download(model.id, out)
                 assert sorted(p.name for p in out.iterdir()) == []
             else:

@@ -758,20 +758,13 @@ def test_migrations_build_exactly_the_tables(store: SqlMetadataStore) -> None:
 
 
 def test_upgrading_from_the_first_schema_keeps_models(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import insert
 
     from modeldepot.metadata import tables as t
-    from modeldepot.metadata.store import _MIGRATIONS
 
     store = SqlMetadataStore(database_url)
     try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
+        store.migrate("0001")
         now = datetime.now(UTC)
         with store.engine.begin() as conn:  # only the columns the first schema has
             conn.execute(insert(t.projects).values(id="pr0000001", name="p", created_at=now, created_by="t"))

@@ -661,12 +661,20 @@ class LocalBlobStore:
                 f"bytes with sha256 {sha256}; they were discarded",
                 hint="The file changed or was corrupted in transit: upload it again.",
             )
-        fd = os.open(data, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.publish(data, sha256, size)
+            fd = os.open(data, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.publish(data, sha256, size)
+        except FileNotFoundError:
+            # Taken away as it was checked: by another server that finished (published) this area,
+            # for the same upload run elsewhere at once, or by the cleanup of an expired upload.
+            raise IntegrityError(
+                f"The parts of blob {sha256} were removed as they were checked",
+                hint="Upload it again.",
+            ) from None
         self.abort_staging(staging_id)
 
     def abort_staging(self, staging_id: str) -> None:

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -145,9 +146,13 @@ class Uploader:
         plans = []
         for item in missing:
             if "parts_url" in item:
-                plans.append(
-                    (item, self.client._json("POST", item["parts_url"]) | {"parts_url": item["parts_url"]})
-                )
+                try:
+                    parts = self.client._json("POST", item["parts_url"])
+                except Conflict as exc:
+                    if exc.extra.get("received"):
+                        continue  # the same upload, run elsewhere at once, sent it meanwhile
+                    raise
+                plans.append((item, parts | {"parts_url": item["parts_url"]}))
             else:
                 plans.append((item, None))
         todo = 0
@@ -186,13 +191,32 @@ class Uploader:
             if todo:
                 self.bar.finish()
 
+    def _received_meanwhile(self, parts_url: str) -> bool:
+        """Whether the server has the blob of these parts now, or within a moment (another run that
+        finished the blob ticks it off right after it took the parts away); False also if the
+        server cannot say."""
+        for attempt in range(10):
+            if attempt:
+                time.sleep(0.25)
+            try:
+                self.client._json("POST", parts_url)
+            except Conflict as exc:
+                return bool(exc.extra.get("received"))
+            except ModeldepotError:
+                return False
+        return False
+
     def _put_whole(self, item: dict[str, Any], local: Path) -> None:
         size = int(item["size"])
         if local.stat().st_size != size:
             raise IntegrityError(
                 f"{local} changed while it was being uploaded", hint="Upload it again when stable."
             )
-        self.client.put_file(item["url"], local, 0, size, self.bar.advance)
+        try:
+            self.client.put_file(item["url"], local, 0, size, self.bar.advance)
+        except Conflict as exc:
+            if not exc.extra.get("received"):
+                raise  # else the same upload, run elsewhere at once, sent it meanwhile
 
     def _put_batch(self, items: list[dict[str, Any]], local_of: dict[str, Path]) -> None:
         def frames() -> Iterator[bytes]:
@@ -216,6 +240,7 @@ class Uploader:
         todo = [p for p in plan["parts"] if not p["received"]]
         remaining = [len(todo)]
         lock = threading.Lock()
+        elsewhere = threading.Event()  # another run of the same upload finished this blob
 
         def complete() -> None:
             try:
@@ -228,6 +253,8 @@ class Uploader:
 
         def send(part: dict[str, Any]) -> None:
             offset, size = int(part["offset"]), int(part["size"])
+            if elsewhere.is_set():
+                return
             try:
                 self.client.put_file(part["url"], local, offset, size, self.bar.advance)
             except (PermissionDenied, Unauthenticated):
@@ -235,6 +262,13 @@ class Uploader:
                 fresh = self.client._json("POST", plan["parts_url"])
                 url = next(p["url"] for p in fresh["parts"] if p["number"] == part["number"])
                 self.client.put_file(url, local, offset, size)
+            except ModeldepotError:
+                # The same upload run elsewhere at once (another replica, say) sends the same parts,
+                # and whichever completes the blob first takes the area away from the other.
+                if self._received_meanwhile(plan["parts_url"]):
+                    elsewhere.set()
+                    return
+                raise
             with lock:
                 remaining[0] -= 1
                 last = remaining[0] == 0
@@ -248,7 +282,7 @@ class Uploader:
             # the other, it reads none of them back (the other files' parts still go meanwhile).
             def send_all() -> None:
                 for part in todo:
-                    if stop.is_set():
+                    if stop.is_set() or elsewhere.is_set():
                         return  # the upload failed or was interrupted: run it again to go on
                     send(part)
 

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 from ..errors import StorageFull
 from ..records import Alias, ApiKey, Model, ModelFile, Project
-from ..services.ports import ModelQuery, NewModel, StoredKey
+from ..services.ports import ModelQuery, NewModel, StoredKey, UploadInProgress
 from . import tables as t
 from .blob_rows import BlobRows
 from .workload_rows import WorkloadRows
@@ -87,8 +87,8 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest Alembic revision (or to ``revision``, for tests of upgrades)."""
         from alembic import command
         from alembic.config import Config
 
@@ -100,7 +100,7 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
                 # schema current): at once, all but one failed creating the same tables.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -243,6 +243,12 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
         for attempt in range(50):
             try:
                 with self._tx() as conn:
+                    if new.upload_key is not None:
+                        # The same upload started elsewhere at the same instant: it made the model
+                        # (a unique index keeps two from being made; this sees the one that won).
+                        earlier = self._find_upload(conn, new.project_id, new.upload_key, new.created_by)
+                        if earlier is not None:
+                            raise UploadInProgress(earlier)
                     version = self._next_version(conn, new.project_id, new.name)
                     seq = conn.execute(
                         insert(t.models)
@@ -298,7 +304,8 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
                         )
                 break
             except sa_exc.IntegrityError:
-                # Two uploads of the same name raced for the same version: take the next one.
+                # Two uploads of the same name raced for the same version: take the next one. (Or
+                # for the same upload key: the next attempt finds the other's model.)
                 if attempt == 49:
                     raise
         model = self.get_model(new.id, with_files=False)
@@ -325,17 +332,23 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
     def find_upload(self, project_id: str, upload_key: str, created_by: str) -> str | None:
         """The still-uploading model an earlier run with this key started, if any."""
         with self._read() as conn:
-            return conn.scalar(
-                select(t.models.c.id)
-                .where(
-                    t.models.c.project_id == project_id,
-                    t.models.c.upload_key == upload_key,
-                    t.models.c.created_by == created_by,
-                    t.models.c.state == "uploading",
-                )
-                .order_by(t.models.c.seq.desc())
-                .limit(1)
+            return self._find_upload(conn, project_id, upload_key, created_by)
+
+    @staticmethod
+    def _find_upload(conn: Connection, project_id: str, upload_key: str, created_by: str) -> str | None:
+        return conn.scalar(
+            select(t.models.c.id).where(
+                t.models.c.project_id == project_id,
+                t.models.c.upload_key == upload_key,
+                t.models.c.created_by == created_by,
+                t.models.c.state == "uploading",
             )
+        )
+
+    def release_upload_key(self, model_id: str) -> None:
+        """Take the upload key from an uploading model: a new upload with other files takes it over."""
+        with self._tx() as conn:
+            conn.execute(update(t.models).where(t.models.c.id == model_id).values(upload_key=None))
 
     def mark_received(self, model_id: str, *shas: str) -> None:
         wanted = sorted(set(shas))

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData(
@@ -88,7 +89,17 @@ models = Table(
     Column("series", JSON),
     UniqueConstraint("project_id", "name", "version"),
     Index(None, "workload_id", unique=True),
-    Index(None, "project_id", "upload_key"),
+    # At most one uploading model per upload key: the same upload started twice at once (two
+    # replicas, say) resumes one model instead of making two.
+    Index(
+        "ix_models_uploading_key",
+        "project_id",
+        "created_by",
+        "upload_key",
+        unique=True,
+        sqlite_where=text("state = 'uploading'"),
+        postgresql_where=text("state = 'uploading'"),
+    ),
     # Keyset pagination (newest first) within each filter the list offers.
     Index(None, "project_id", "state", "seq"),
     Index(None, "project_id", "name", "state", "seq"),

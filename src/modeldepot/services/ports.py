@@ -46,6 +46,15 @@ class NewModel:
     upload_key: str | None = None
 
 
+class UploadInProgress(Exception):
+    """Raised by :meth:`MetadataStore.create_model`: a model of the same project, creator and upload
+    key is already uploading (the same upload started elsewhere at the same time)."""
+
+    def __init__(self, model_id: str):
+        super().__init__(model_id)
+        self.model_id = model_id
+
+
 @dataclasses.dataclass(frozen=True)
 class PendingBlob:
     """A blob an upload still has to send; large ones get a staging area for their parts."""
@@ -123,6 +132,7 @@ class MetadataStore(Protocol):
     def clear_staging(self, model_id: str, sha256: str) -> None: ...
     def add_pending(self, model_id: str, blobs: Sequence[tuple[str, int]]) -> None: ...
     def find_upload(self, project_id: str, upload_key: str, created_by: str) -> str | None: ...
+    def release_upload_key(self, model_id: str) -> None: ...
     def stored_blobs(self, shas: Iterable[str]) -> dict[str, int]: ...
     def touch_blobs(self, shas: Iterable[str]) -> None: ...
     def publishing_blob(self, sha256: str, size: int) -> AbstractContextManager[None]: ...

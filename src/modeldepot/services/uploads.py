@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -35,12 +36,15 @@ from . import ids, validation
 from .archives import ArchiveLimits, unpack_zip
 from .auth import Principal
 from .models import Limits, ModelService, check_manifest, detect_type
-from .ports import BlobStore, BlobWriter, MetadataStore, NewModel, PendingBlob, Staging
+from .ports import BlobStore, BlobWriter, MetadataStore, NewModel, PendingBlob, Staging, UploadInProgress
 
 log = logging.getLogger(__name__)
 
 GRADIENT_METADATA_FILE = "gradient-model-metadata.json"
 _MAX_METADATA_FILE = 1024 * 1024
+# How long finishing a blob whose staging area was emptied or taken away waits for another run of
+# the same upload, which finished it, to tick it off (it does so moments after publishing it).
+_RECEIVED_ELSEWHERE_WAIT = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,17 +142,12 @@ class UploadService:
         if key is not None:
             earlier = self.store.find_upload(project_id, key, principal.user)
             if earlier is not None:
-                model = self.models.get(principal, earlier, with_files=True)
-                if {(f.path, f.size, f.sha256) for f in model.files or ()} == {
-                    (f.path, f.size, f.sha256) for f in manifest
-                }:
-                    self.store.touch_blobs(f.sha256 for f in manifest)
-                    # A resumed upload is alive: it gets the full expiry again from now.
-                    self.store.update_model(
-                        model.id, expires_at=datetime.now(UTC) + self.limits.upload_expiry
-                    )
-                    self._adopt(principal, project_id, model.id, claimed)
-                    return UploadPlan(model=model, missing=self._missing(model.id), resumed=True)
+                resumed = self._resume(principal, project_id, earlier, manifest, claimed)
+                if resumed is not None:
+                    return resumed
+                # The same key for other files (a client that makes its keys its own way): the
+                # newest upload takes the key; the earlier one can no longer be resumed.
+                self.store.release_upload_key(earlier)
         now = datetime.now(UTC)
         readable = self.store.visible_blobs(principal.visible_projects(), {f.sha256 for f in manifest})
         stored = self.store.stored_blobs(readable)
@@ -181,11 +180,42 @@ class UploadService:
             pending=tuple(missing.items()),
             upload_key=key,
         )
-        model = self.store.create_model(new)
+        try:
+            model = self.store.create_model(new)
+        except UploadInProgress as race:
+            # The same upload started at the same instant (from another replica, say) made the
+            # model first: this run resumes it, as if it had started a moment later.
+            resumed = self._resume(principal, project_id, race.model_id, manifest, claimed)
+            if resumed is None:
+                raise Conflict(
+                    "Another upload with this upload_key and other files started at the same time",
+                    hint="Run the upload again, or send another upload_key.",
+                ) from None
+            return resumed
         self._adopt(principal, project_id, model.id, claimed)
         return UploadPlan(
             model=self.models.get(principal, model.id, with_files=False), missing=self._missing(model.id)
         )
+
+    def _resume(
+        self,
+        principal: Principal,
+        project_id: str,
+        model_id: str,
+        manifest: Sequence[ModelFile],
+        claimed: dict[str, str],
+    ) -> UploadPlan | None:
+        """The plan that resumes this uploading model if it has exactly these files; else None."""
+        model = self.models.get(principal, model_id, with_files=True)
+        if {(f.path, f.size, f.sha256) for f in model.files or ()} != {
+            (f.path, f.size, f.sha256) for f in manifest
+        }:
+            return None
+        self.store.touch_blobs(f.sha256 for f in manifest)
+        # A resumed upload is alive: it gets the full expiry again from now.
+        self.store.update_model(model.id, expires_at=datetime.now(UTC) + self.limits.upload_expiry)
+        self._adopt(principal, project_id, model.id, claimed)
+        return UploadPlan(model=model, missing=self._missing(model.id), resumed=True)
 
     def _adopt(self, principal: Principal, project_id: str, model_id: str, claimed: dict[str, str]) -> None:
         """Give the model's missing blobs the staging areas the client filled for them; drop the rest.
@@ -396,12 +426,24 @@ class UploadService:
         return model
 
     def _pending(self, principal: Principal, model_id: str, sha256: str) -> PendingBlob:
-        model = self._uploading(principal, model_id)
-        digest = validation.sha256(sha256)
-        found = self.store.get_pending(model.id, digest)
+        found = self._pending_or_received(principal, model_id, sha256)
         if found is None:
-            if any(f.sha256 == digest for f in self.store.model_files(model.id)):
-                raise Conflict(f"Blob {digest} of model {model_id} has already been received")
+            raise Conflict(
+                f"Blob {sha256} of model {model_id} has already been received", extra={"received": True}
+            )
+        return found
+
+    def _pending_or_received(self, principal: Principal, model_id: str, sha256: str) -> PendingBlob | None:
+        """The blob of the model's manifest still to send, or None if it has been received (also
+        when the model is ready: another run of the same upload may have committed it)."""
+        model = self.models.get(principal, model_id, with_files=False)
+        principal.require(model.project_id, "editor")
+        digest = validation.sha256(sha256)
+        if model.state == "ready" and digest in self.store.manifest_sizes(model.id):
+            return None
+        model = self._uploading(principal, model_id)
+        found = self.store.get_pending(model.id, digest)
+        if found is None and not any(f.sha256 == digest for f in self.store.model_files(model.id)):
             raise NotFound(f"Model {model_id} has no file with sha256 {digest} in its manifest")
         return found
 
@@ -533,12 +575,18 @@ class UploadService:
         self.blobs.write_part(staging_id, number, offset, size, chunks, digest)
 
     def complete_blob(self, principal: Principal, model_id: str, sha256: str) -> None:
-        """All parts are in: verify the whole blob, move it into place, and tick it off."""
-        pending = self._pending(principal, model_id, sha256)
+        """All parts are in: verify the whole blob, move it into place, and tick it off.
+
+        Completing a blob that was received already (by another run of the same upload) succeeds."""
+        pending = self._pending_or_received(principal, model_id, sha256)
+        if pending is None:
+            return
         if pending.staging_id is None or pending.part_size is None:
             raise Conflict(f"No part of blob {pending.sha256} has been sent yet")
         received = self._received(pending.staging_id, pending.size, pending.part_size)
         absent = [n for n, _, size in _layout(pending.size, pending.part_size) if received.get(n) != size]
+        if absent and self._received_elsewhere(model_id, pending.sha256):
+            return
         if absent:
             raise Conflict(
                 f"{len(absent)} part(s) of blob {pending.sha256} have not arrived, e.g. part {absent[0]}",
@@ -548,15 +596,36 @@ class UploadService:
         try:
             self.blobs.finish_staging(pending.staging_id, pending.sha256, pending.size)
         except IntegrityError:
+            if self._received_elsewhere(model_id, pending.sha256):
+                return
             # The staging area is gone with the bad bytes: the blob must be sent again from scratch.
             self.store.clear_staging(model_id, pending.sha256)
             raise
         self.store.mark_received(model_id, pending.sha256)
 
+    def _received_elsewhere(self, model_id: str, sha256: str) -> bool:
+        """Whether this model's blob is ticked off within a moment by another run of the same upload
+        (on another replica, say) that finished the staging area this run found emptied or taken
+        away: it ticks the blob off right after publishing it. Only that counts, not the content
+        being stored at all, which could come from a project this run may not read."""
+        deadline = time.monotonic() + _RECEIVED_ELSEWHERE_WAIT
+        while self.store.get_pending(model_id, sha256) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     # -- 3. commit ---------------------------------------------------------------------------------
 
     def commit(self, principal: Principal, model_id: str) -> Model:
-        """Check every blob is received and stored with the right size, then mark the model ready."""
+        """Check every blob is received and stored with the right size, then mark the model ready.
+
+        A model that is ready already is handed back as it is: the answer to an earlier commit may
+        have been lost, or another run of the same upload committed it."""
+        found = self.models.get(principal, model_id, with_files=False)
+        principal.require(found.project_id, "editor")
+        if found.state == "ready":
+            return found
         model = self._uploading(principal, model_id)
         files = self.store.model_files(model.id)
         pending = {p.sha256 for p in self.store.pending(model.id)}
