@@ -265,6 +265,24 @@ def test_upload_a_file_with_everything_then_list_details_download_tag_delete(
 
 
 @sqlite_only
+def test_downloading_a_model_still_uploading_saves_nothing(
+    gradient: Gradient, server: RunningServer, project: str
+) -> None:
+    """`gradient models download` saves whatever each file's URL answers, status unseen: the files
+    of a model still uploading were its 409 error bodies, and the command ended as if it worked."""
+    digest = hashlib.sha256(b"weights").hexdigest()
+    with server.http() as http:
+        plan = http.post(
+            f"/projects/{project}/models",
+            json={"name": "half", "files": [{"path": "w.onnx", "size": 7, "sha256": digest}]},
+        ).json()
+    model_id = plan["model"]["id"]
+    assert gradient.error("models", "download", "--id", model_id, "--destinationDir", "out") == (
+        f"Failed to fetch data: Model {model_id} is uploading; its files can be downloaded once it is ready"
+    )
+    assert not (gradient.home / "out").exists()
+
+
 def test_upload_a_directory_and_download_it_byte_identical(
     gradient: Gradient, admin: Client, project: str, tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from ...errors import InvalidInput
+from ...errors import Conflict, InvalidInput
 from ...paths import normalize_path
 from ...records import Model, ModelFile
 from ...services.auth import Principal
@@ -225,6 +225,15 @@ def list_files(request: Request, body: JsonBody, principal: PrincipalDep, servic
     """E6. A JSON array of {file, size[, url]}; each url is a presigned GET that needs no API key."""
     model_id = _model_id(body)
     files = services.models.files(principal, model_id)
+    if body.get("links"):
+        # The CLI saves whatever each URL answers as the file, without looking at the status: the
+        # 409 of a model still uploading must stop it here (it prints the message and saves nothing).
+        model = services.models.get(principal, model_id)
+        if model.state != "ready":
+            raise Conflict(
+                f"Model {model_id} is {model.state}; its files can be downloaded once it is ready",
+                hint="Finish its upload (run it again), or delete it.",
+            )
     sign = signer(request).sign
     out = []
     for f in files:
