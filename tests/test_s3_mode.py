@@ -11,12 +11,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from modeldepot import NotFound, ServerError
+from modeldepot import Client, NotFound, ServerError
 
 from .conftest import RunningServer, make_settings, running_server, write_tree
 from .seaweed import seaweedfs  # noqa: F401  (the session's SeaweedFS)
@@ -249,3 +250,50 @@ def test_a_blob_whose_store_upload_a_stopped_server_completed_is_finished_by_ano
         model = http.post(f"/models/{plan['model']['id']}/commit").json()
         assert model["state"] == "ready"
         assert http.get(f"/models/{model['id']}/files/w.bin", follow_redirects=True).content == big
+
+
+def test_the_same_upload_through_two_replicas_at_once_ends_ready_on_s3(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Both runs share one model and its multipart upload: the run whose parts went to an upload
+    the other completed (S3's NoSuchUpload), or whose completion found a part being sent again,
+    found the blob received and went on, and did not fail. (Published by pointers: SeaweedFS fails
+    two copies to one key at the same time, both of them at times, and the rerun then finishes.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modeldepot.client.uploader import upload_key
+
+    parts = urlsplit(request.getfixturevalue("seaweedfs"))
+    blob_url = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{secrets.token_hex(6)}"))
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'meta.db'}", tmp_path / "data", blob_url=blob_url, upload_part_size=5 * MiB
+    )
+    data = os.urandom(16 * MiB)
+    f = write_tree(tmp_path / "src", {"w.bin": data}) / "w.bin"
+    with running_server(settings) as one, running_server(settings) as two:
+        for replica in (one, two):
+            replica.app.state.services.models.blobs.pointer_min_size = 0  # type: ignore[attr-defined]
+        with one.client() as admin, one.http() as http:
+            project = admin.create_project("p").id
+            meta = {"name": "m", "type": None, "summary": None, "notes": None, "metadata": None}
+            body = {**meta, "dataset_ref": None, "tags": [], "files": [_entry("w.bin", data)]}
+            started = http.post(
+                f"/projects/{project}/models", json=body | {"upload_key": upload_key(project, body)}
+            )
+            shared = started.json()["model"]["id"]  # both runs resume it
+
+        def upload(run: int, replica: RunningServer) -> Any:
+            with Client(replica.url, replica.admin_key, hash_cache=tmp_path / f"h{run}.db") as c:
+                return c.upload(f, project=project, name="m")
+
+        with ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(upload, (1, 2), (one, two)))
+        assert [m.id for m in done] == [shared, shared]
+        with one.client() as admin:
+            assert [m.state for m in admin.list_models(project=project, state="any").items] == ["ready"]
+            admin.download(shared, tmp_path / "out")
+        assert (tmp_path / "out" / "w.bin").read_bytes() == data
+
+
+def _entry(path: str, data: bytes) -> dict[str, Any]:
+    return {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

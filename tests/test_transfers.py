@@ -339,6 +339,26 @@ def test_the_same_upload_started_on_two_replicas_at_once_makes_one_model(
         assert (tmp_path / "out" / "w.bin").read_bytes() == data
 
 
+def test_committing_again_and_completing_a_received_blob_succeed(small_parts: RunningServer) -> None:
+    """The answer to a commit or a completion can be lost, or another run of the same upload got
+    there first: doing it again is no error, and sending a received blob says it was received."""
+    data = os.urandom(3 * MiB)  # in parts
+    with small_parts.client() as admin, small_parts.http() as http:
+        project = admin.create_project("p").id
+        model_id, missing = _start(http, project, data)
+        plan = http.post(missing["parts_url"]).json()
+        for p in plan["parts"]:
+            assert http.put(p["url"], content=data[p["offset"] : p["offset"] + p["size"]]).status_code == 204
+        for _ in range(2):
+            assert http.post(plan["complete_url"]).status_code == 204
+        again = http.post(missing["parts_url"])
+        assert again.status_code == 409 and again.json()["extra"] == {"received": True}
+        first = http.post(f"/models/{model_id}/commit")
+        second = http.post(f"/models/{model_id}/commit")
+        assert first.status_code == second.status_code == 200 and first.json() == second.json()
+        assert admin.get_model(model_id).state == "ready"
+
+
 def test_content_an_upload_counts_on_is_not_collected(small_parts: RunningServer, tmp_path: Path) -> None:
     with small_parts.client() as admin, small_parts.http() as http:
         project = admin.create_project("p").id

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from ..errors import IntegrityError, InvalidInput, ServerError, StorageFull
+from ..errors import Conflict, IntegrityError, InvalidInput, ServerError, StorageFull
 from ..services.ports import BlobWriter
 
 try:
@@ -479,10 +479,16 @@ class S3BlobStore:
         final = self._blob_key(sha256)
         for _ in range(3):
             if self.size(sha256) != size:
-                with _writing():
-                    self.client.copy(
-                        {"Bucket": self.bucket, "Key": key}, self.bucket, final, Config=self._copy_config
-                    )
+                try:
+                    with _writing():
+                        self.client.copy(
+                            {"Bucket": self.bucket, "Key": key}, self.bucket, final, Config=self._copy_config
+                        )
+                except ClientError:
+                    # Copied into place by another server meanwhile (the same upload finished on two
+                    # replicas at once: SeaweedFS fails copies to one key at the same time)?
+                    if self.size(sha256) != size:
+                        raise
             with self.guard(sha256, size):
                 if self.size(sha256) == size:
                     break
@@ -803,6 +809,17 @@ class S3BlobStore:
     ) -> None:
         sizes = {int(p["PartNumber"]): int(p["Size"]) for p in parts}
         got = sum(sizes.values())
+        numbers = sorted(sizes)
+        if 0 < got < size and (
+            numbers != list(range(1, len(numbers) + 1)) or sizes[numbers[-1]] == max(sizes.values())
+        ):
+            # A part is missing (a gap, or no short last part), though every part was listed a moment
+            # ago (the caller checked): it is being sent again now (the same upload run elsewhere at
+            # once), and the store hides it until it is in whole.
+            raise Conflict(
+                f"{size - got} bytes of the parts of blob {sha256} are being sent again",
+                hint="Complete the blob again once they are in.",
+            )
         if got != size or (got == 0 and sha256 != EMPTY_SHA256):
             self.abort_upload(key, upload_id)
             raise IntegrityError(
@@ -814,7 +831,6 @@ class S3BlobStore:
             self.abort_upload(key, upload_id)
             self.put_blob(sha256, b"")
             return
-        numbers = sorted(sizes)
         small = next((n for n in numbers[:-1] if sizes[n] < MIN_PART_SIZE), None)
         if small is not None:
             raise _too_small(small, sizes[small])

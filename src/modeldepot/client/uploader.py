@@ -250,6 +250,10 @@ class Uploader:
                     f"{local} changed while it was being uploaded, or was damaged on the way ({exc.detail})",
                     hint=exc.hint,
                 ) from exc
+            except ModeldepotError:
+                if self._received_meanwhile(plan["parts_url"]):
+                    return  # the same upload, run elsewhere at once, completed it
+                raise
 
         def send(part: dict[str, Any]) -> None:
             offset, size = int(part["offset"]), int(part["size"])

@@ -625,7 +625,7 @@ class UploadService:
         found = self.models.get(principal, model_id, with_files=False)
         principal.require(found.project_id, "editor")
         if found.state == "ready":
-            return found
+            return self.models.get(principal, found.id)
         model = self._uploading(principal, model_id)
         files = self.store.model_files(model.id)
         pending = {p.sha256 for p in self.store.pending(model.id)}
