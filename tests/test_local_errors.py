@@ -4,12 +4,12 @@ cannot be read, a destination that cannot be written, a full disk.
 The SDK raises the OSError naming the file (never a connection error, never a BufferError in its
 place); the CLI prints one line naming the path, with a hint, and exits with 3, or 9 when the disk is
 full. Uploads refuse before anything is sent; an archive leaves no ``.part``; a download keeps its
-``.part`` files and resumes when run again.
+partial files (in ``DEST/.modeldepot-partial/``) and resumes when run again.
 
 Tests run against a real server and the real ``modeldepot`` command. Permissions are taken away with
 ``unshare --user`` when running as root (root ignores them otherwise); a full disk is a small tmpfs
 mounted in a user and mount namespace of the command's own (``unshare -rm``), or ``/dev/full``
-under a ``.part`` name for the SDK in this process, or ``RLIMIT_FSIZE`` (EFBIG) for a ranged download.
+under a partial file's name for the SDK in this process, or ``RLIMIT_FSIZE`` (EFBIG) for a ranged download.
 Each skips where the system does not offer it.
 """
 
@@ -29,6 +29,7 @@ import pytest
 from modeldepot import Client, ConnectionFailed
 
 from .conftest import make_settings, running_server, write_tree
+from .test_download_dest import partial_of
 
 MODELDEPOT = [sys.executable, "-m", "modeldepot.cli"]
 MiB = 1024 * 1024
@@ -179,7 +180,7 @@ def test_download_into_a_regular_file_is_refused_before_anything_is_fetched(
 
 
 def test_download_where_a_directory_is_in_the_way_leaves_nothing_behind(depot: Depot, tmp_path: Path) -> None:
-    """os.replace used to fail once the file had arrived, leaving its .part and a traceback."""
+    """os.replace used to fail once the file had arrived, leaving its partial file and a traceback."""
     dest = tmp_path / "dest"
     (dest / "a.bin").mkdir(parents=True)
     with pytest.raises(IsADirectoryError) as info:
@@ -203,14 +204,26 @@ def test_download_into_a_read_only_folder_names_the_path(
     dest.chmod(0o555)
     proc = depot.cli(["models", "download", depot.ids["mid"], str(dest)], unprivileged)
     _one_line_error(
-        proc, 3, f"Error: {dest / 'm.bin.part'}: Permission denied", "Hint: Check the permissions"
+        proc, 3, f"Error: {dest / '.modeldepot-partial'}: Permission denied", "Hint: Check the permissions"
     )
     proc = depot.cli(["models", "archive", depot.ids["mid"], str(dest / "m.zip")], unprivileged)
     _one_line_error(proc, 3, f"Error: {dest / 'm.zip.part'}: Permission denied")
     assert list(dest.iterdir()) == []
 
 
-# -- a full disk: the SDK in this process, /dev/full under the .part's name -------------------------
+def test_download_into_a_read_only_folder_that_holds_the_model_already_checks_it(
+    depot: Depot, unprivileged: list[str], tmp_path: Path
+) -> None:
+    """Nothing has to be written, so the folder of partial files (and its lock) is not needed."""
+    dest = write_tree(tmp_path / "read-only", depot.files[depot.ids["small"]])
+    for folder in (dest / "sub", dest):
+        folder.chmod(0o555)
+    proc = depot.cli(["models", "download", depot.ids["small"], str(dest)], unprivileged)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == ["a.bin", "sub", "sub/b.bin"]
+
+
+# -- a full disk: the SDK in this process, /dev/full under the partial file's name ------------------
 
 
 def _full_part(path: Path) -> Path:
@@ -224,7 +237,7 @@ def _full_part(path: Path) -> Path:
 
 def test_a_full_disk_under_a_download_is_not_a_connection_failure(depot: Depot, tmp_path: Path) -> None:
     """The OSError of the local write used to come out as ConnectionFailed ("cut off … run again")."""
-    part = _full_part(tmp_path / "dest" / "m.bin.part")
+    part = _full_part(partial_of(tmp_path / "dest", "m.bin")[0])
     with pytest.raises(OSError) as info:
         depot.client.download(depot.ids["mid"], tmp_path / "dest")
     assert not isinstance(info.value, ConnectionFailed)
@@ -246,15 +259,23 @@ def test_a_failed_archive_leaves_no_part(depot: Depot, tmp_path: Path) -> None:
 # -- a full disk for the CLI: a small tmpfs ---------------------------------------------------------
 
 
+def _left_by_download(stored: str, done: bool) -> list[str]:
+    """What a download into ``out`` that failed while writing ``stored`` leaves, to resume from: the
+    partial file (and its record of ranges), and the lock file beside them."""
+    part, ranges = partial_of(Path("out"), stored)
+    kept = [part, ranges] if done else [part]
+    return ["out", "out/.modeldepot-partial", "out/.modeldepot-partial/lock", *(p.as_posix() for p in kept)]
+
+
 @pytest.mark.parametrize(
     ("model", "size", "command", "left"),
     [
         # small files, many to a request (the batch path)
         ("many", "1m", "download", None),
         # one file over 4 MiB, fetched whole
-        ("mid", "2m", "download", ["out", "out/m.bin.part"]),
+        ("mid", "2m", "download", _left_by_download("m.bin", done=False)),
         # a file fetched in parallel ranges: the BufferError used to replace the OSError
-        ("big", "20m", "download", ["out", "out/big.bin.part", "out/big.bin.part.done"]),
+        ("big", "20m", "download", _left_by_download("big.bin", done=True)),
         ("mid", "2m", "archive", []),
     ],
 )
@@ -272,10 +293,14 @@ def test_a_full_disk_is_one_line_and_exit_code_9(
     _one_line_error(proc, 9, "No space left on device", f"Hint: Free space on the disk of {dest.parent}")
     assert "cut off" not in proc.stderr and "run it again" not in proc.stderr
     line = proc.stderr.splitlines()[0]
-    assert line.startswith(f"Error: {dest}") and line.endswith(".part: No space left on device"), line
+    # The partial file, or (in ranges) the record of the ranges that arrived, whichever the disk refused.
+    assert line.startswith(f"Error: {dest}"), line
+    assert line.endswith((".part: No space left on device", ".done: No space left on device")), line
     remains = listing.read_text().split()
     if left is not None:
-        assert remains == left  # an archive leaves nothing; a download keeps its .part to resume
+        assert sorted(remains) == sorted(
+            left
+        )  # an archive leaves nothing; a download keeps its partial files
     else:
         assert "out" in remains and any(name.endswith(".part") for name in remains)
 
@@ -286,15 +311,15 @@ def test_a_full_disk_is_one_line_and_exit_code_9(
 def test_a_ranged_download_that_cannot_write_reports_why_and_resumes(depot: Depot, tmp_path: Path) -> None:
     """A write that fails inside a range used to come out as "BufferError: cannot close exported
     pointers exist" (exit 1). Here the write fails with EFBIG (a file size limit, RLIMIT_FSIZE, in
-    the command's process); the .part from an earlier run is there already, so that the limit hits
-    the ranges' writes rather than the preallocation."""
+    the command's process); the partial file from an earlier run is there already, so that the limit
+    hits the ranges' writes rather than the preallocation."""
     dest = tmp_path / "out"
-    dest.mkdir()
     big = depot.files[depot.ids["big"]]["big.bin"]
-    part = dest / "big.bin.part"
+    part, done = partial_of(dest, "big.bin")
+    part.parent.mkdir(parents=True)
     with part.open("wb") as f:
         f.truncate(len(big))
-    (dest / "big.bin.part.done").write_text("")
+    done.write_text("")
     limited = [
         sys.executable,
         "-c",
@@ -309,7 +334,8 @@ def test_a_ranged_download_that_cannot_write_reports_why_and_resumes(depot: Depo
         timeout=300,
     )
     _one_line_error(proc, 3, f"Error: {part}: File too large", "ulimit -f")
-    assert sorted(p.name for p in dest.iterdir()) == ["big.bin.part", "big.bin.part.done"]
+    assert sorted(p.name for p in dest.iterdir()) == [".modeldepot-partial"]
+    assert sorted(p.name for p in part.parent.iterdir()) == sorted([part.name, done.name, "lock"])
     again = depot.cli(["models", "download", depot.ids["big"], str(dest)])
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["big.bin"]

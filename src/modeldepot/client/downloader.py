@@ -1,13 +1,20 @@
 """The client side of downloads: every file verified against its sha256, resumable, large files in
 parallel ranges.
 
-A file is written as ``NAME.part`` and renamed only once its hash matches, so a corrupt or partial
-file never sits under the final name. Large files are fetched in ranges on several connections into
-a preallocated ``NAME.part``; ``NAME.part.done`` records the ranges that arrived, so an interrupted
-download fetches only the rest. Small files resume from the length of their ``.part``.
+A file is written as a partial file in ``DEST/.modeldepot-partial/`` (named after the sha256 of its
+path, see ``transfer.Partials``) and renamed to its place only once its hash matches, so a corrupt or
+partial file never sits under the final name, and a partial file is never taken for a file of the
+model. Large files are fetched in ranges on several connections into a preallocated partial file,
+whose ``.done`` file records the ranges that arrived, so an interrupted download fetches only the
+rest. Other files resume from the length of their partial file. The folder is removed once a
+download has been through every file; while one runs it holds a lock, so a second download into the same
+destination fails at once instead of writing over the first one's files.
+
+A symlink at a file's place is replaced by the file (``transfer.Targets``); two files of the model
+that a symlinked directory would put at the same place are refused before anything is fetched.
 
 A local failure (a full disk, a directory that may not be written) raises the OSError, naming the
-file (``transfer.naming``); what arrived stays in the ``.part`` files, so running the download again
+file (``transfer.naming``); what arrived stays in the partial files, so running the download again
 resumes it.
 """
 
@@ -29,7 +36,7 @@ import httpx
 
 from .. import directio
 from ..chunks import ChunkReader
-from ..errors import ConnectionFailed, IntegrityError
+from ..errors import ConnectionFailed, IntegrityError, InvalidInput
 from ..records import ModelFile
 from . import transfer
 
@@ -51,7 +58,10 @@ class Downloader:
         # Files whose bytes failed their sha256 check: the others are still fetched, then one error
         # names them all (a download stopped at the first, and took a run per damaged file).
         self.corrupted: list[tuple[str, IntegrityError]] = []
+        # Of those, the files resumed from a partial file of an earlier run (maybe what was damaged).
+        self.resumed_bad: set[str] = set()
         self._corrupted_lock = threading.Lock()
+        self.partials = transfer.Partials(Path())  # set by run()
 
     def _kept(self, f: ModelFile, fetch: Callable[..., Any], *args: Any) -> None:
         """``fetch(*args)``, noting an IntegrityError (a file that arrived corrupted) instead of
@@ -69,9 +79,53 @@ class Downloader:
         # Before a byte is fetched: a download that cannot land would fail only after it arrived.
         if dest.exists() and not dest.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(dest))
-        for _, _, target in targets:
-            if target.is_dir():
+        landed: dict[Path, str] = {}
+        for f, _, target in targets:
+            if target.is_dir() and not target.is_symlink():  # a symlink there is replaced
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+            first = landed.setdefault(target, f.path)
+            if first != f.path:
+                raise InvalidInput(
+                    f"{first!r} and {f.path!r} would both be written to {target}: a symbolic link to "
+                    f"a directory inside {dest} leads one to the other",
+                    hint="Remove the symbolic link, or download into another folder.",
+                )
+        self.partials = transfer.Partials(dest)
+        unwritable: OSError | None = None
+        try:
+            self.partials.make()
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            # A folder that holds the model already may be read-only: this is an error only once
+            # a file has to be fetched, and then nothing else could write there either.
+            unwritable = exc
+        with contextlib.nullcontext() if unwritable is not None else self.partials.lock():
+            self._fetch(model_id, targets, unwritable)
+            # Every file arrived or, corrupted, was removed: nothing is left to resume.
+            self.partials.remove()
+        if len(self.corrupted) == 1:
+            raise self.corrupted[0][1]
+        if self.corrupted:
+            paths = sorted(path for path, _ in self.corrupted)
+            shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+            resumed = ""
+            if self.resumed_bad:
+                resumed = (
+                    f"; {len(self.resumed_bad)} of them had been resumed from partial files of an "
+                    "earlier download, which may be what was damaged (those were removed)"
+                )
+            raise IntegrityError(
+                f"{len(paths)} files arrived corrupted (sha256 mismatch) and were not kept: {shown}; "
+                f"the other files were downloaded{resumed}",
+                hint="Run the download again: it fetches only these, whole. If they fail again, the "
+                "server's copies are damaged: an administrator should run `modeldepot fsck`.",
+            )
+        return [target for _, _, target in targets]
+
+    def _fetch(
+        self, model_id: str, targets: list[tuple[ModelFile, str, Path]], unwritable: OSError | None
+    ) -> None:
         self.bar.start("downloading", sum(f.size for f, _, _ in targets))
         try:
             with ThreadPoolExecutor(max_workers=self.client.parallel) as pool:
@@ -83,10 +137,12 @@ class Downloader:
                 for f, url, target in targets:
                     if self._already_there(f, target):
                         continue
+                    if unwritable is not None:
+                        raise unwritable
                     if target.parent not in made:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         made.add(target.parent)
-                    part = target.with_name(target.name + ".part")
+                    part, _ = self.partials.of(f.path)
                     if f.size >= RANGED_THRESHOLD:
                         large.append((f, url, target))
                     elif f.size <= SMALL_FILE and url.startswith(self.client.url + "/") and not part.exists():
@@ -110,48 +166,41 @@ class Downloader:
                 transfer.wait_all(futures)
         finally:
             self.bar.finish()
-        if len(self.corrupted) == 1:
-            raise self.corrupted[0][1]
-        if self.corrupted:
-            paths = sorted(path for path, _ in self.corrupted)
-            shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-            raise IntegrityError(
-                f"{len(paths)} files arrived corrupted (sha256 mismatch) and were not kept: {shown}; "
-                "the other files were downloaded",
-                hint="Run the download again: it fetches only these. If they fail again, the server's "
-                "copies are damaged: an administrator should run `modeldepot fsck`.",
-            )
-        return [target for _, _, target in targets]
 
     def _already_there(self, f: ModelFile, target: Path) -> bool:
+        # Not through a symlink: the link is replaced by the file, even by one with the same bytes.
+        if target.is_symlink():
+            return False
         if target.is_file() and target.stat().st_size == f.size and transfer.sha256_file(target) == f.sha256:
             self.bar.advance(f.size)
             return True
         return False
 
     def _whole(self, f: ModelFile, url: str, target: Path) -> Path:
-        part = target.with_name(target.name + ".part")
+        part, _ = self.partials.of(f.path)
         digest = hashlib.sha256()
         have = part.stat().st_size if part.is_file() else 0
         if have > f.size:
             part.unlink()
             have = 0
+        resumed = have > 0  # bytes of an earlier run are in the file
         if have:
             with part.open("rb") as existing:
                 while chunk := existing.read(transfer.CHUNK):
                     digest.update(chunk)
             self.bar.advance(have)
         if have and have == f.size:
-            return self._finish(f, part, target, digest.hexdigest())
+            return self._finish(f, part, target, digest.hexdigest(), resumed)
         with transfer.naming(part), part.open("r+b" if have else "wb", buffering=0) as out:
             out.seek(have)
 
             def on_start(status: int) -> None:
-                nonlocal digest
+                nonlocal digest, resumed
                 if have and status == 200:  # the server sent the whole file after all: start over
                     out.seek(0)
                     out.truncate()
                     digest = hashlib.sha256()
+                    resumed = False
 
             def sink(view: memoryview) -> None:
                 _write_all(out, view)
@@ -159,7 +208,7 @@ class Downloader:
                 self.bar.advance(len(view))
 
             self.client.get_into(url, sink, {"Range": f"bytes={have}-"} if have else None, on_start=on_start)
-        return self._finish(f, part, target, digest.hexdigest())
+        return self._finish(f, part, target, digest.hexdigest(), resumed)
 
     def _batch(self, model_id: str, files: list[tuple[ModelFile, str, Path]]) -> None:
         """Many small files in one tar stream; each is still checked against its sha256.
@@ -194,7 +243,7 @@ class Downloader:
                         if entry is None or source is None:
                             raise IntegrityError(f"The server sent {member.name!r}, which was not asked for")
                         f, _, target = entry
-                        part = target.with_name(target.name + ".part")
+                        part, _ = self.partials.of(f.path)
                         digest = hashlib.sha256()
                         written = 0
                         with transfer.naming(part), part.open("wb") as out:
@@ -221,8 +270,7 @@ class Downloader:
         order, at most ``parallel + 2`` at once (96 MiB with the default 4 connections), so the next
         range to hash always has one.
         """
-        part = target.with_name(target.name + ".part")
-        done_file = target.with_name(target.name + ".part.done")
+        part, done_file = self.partials.of(f.path)
         ranges = [(start, min(start + RANGE_SIZE, f.size)) for start in range(0, f.size, RANGE_SIZE)]
         done: set[int] = set()
         if part.is_file() and part.stat().st_size == f.size and done_file.is_file():
@@ -234,7 +282,7 @@ class Downloader:
         self.bar.advance(sum(end - start for start, end in ranges if start in done))
         fd = os.open(part, os.O_WRONLY)
         direct_fd = directio.open_direct(part, os.O_WRONLY)
-        order = _InOrder([start for start, _ in ranges], f.size, done, part, self.client.parallel)
+        order = _InOrder([start for start, _ in ranges], f.size, done, part, f.path, self.client.parallel)
         marks_lock = threading.Lock()
 
         def fetch(start: int, end: int, buf: mmap.mmap) -> None:
@@ -262,7 +310,7 @@ class Downloader:
                     raise ConnectionFailed(f"Download of {f.path} was cut off; run it again to resume")
                 with transfer.naming(part), memoryview(buf) as whole:
                     directio.write_at(fd, direct_fd, whole[:got], start)
-                # Not fsynced, as no download tool does: after a power cut, a range that .part.done
+                # Not fsynced, as no download tool does: after a power cut, a range that the .done
                 # lists but the disk lost fails the final sha256 check, which discards the file.
                 with transfer.naming(done_file), marks_lock, done_file.open("a") as marks:
                     marks.write(f"{start}\n")
@@ -288,15 +336,28 @@ class Downloader:
             if direct_fd is not None:
                 os.close(direct_fd)
             os.close(fd)
-        result = self._finish(f, part, target, digest)
+        result = self._finish(f, part, target, digest, bool(done))
         done_file.unlink(missing_ok=True)
         return result
 
-    def _finish(self, f: ModelFile, part: Path, target: Path, digest: str) -> Path:
+    def _finish(self, f: ModelFile, part: Path, target: Path, digest: str, resumed: bool = False) -> Path:
+        """Move the partial file to ``target`` (replacing a symlink there, not writing through it)
+        if its bytes are the file's; else remove it and raise IntegrityError. ``resumed``: some of
+        its bytes came from an earlier run, which is then named as a likely cause."""
         if digest != f.sha256 or part.stat().st_size != f.size:
             part.unlink(missing_ok=True)
-            target.with_name(target.name + ".part.done").unlink(missing_ok=True)
-            raise IntegrityError(f"{f.path} arrived corrupted (sha256 mismatch); it was not kept")
+            part.with_suffix(".done").unlink(missing_ok=True)
+            if not resumed:
+                raise IntegrityError(f"{f.path} arrived corrupted (sha256 mismatch); it was not kept")
+            with self._corrupted_lock:
+                self.resumed_bad.add(f.path)
+            raise IntegrityError(
+                f"{f.path} is corrupted (sha256 mismatch) and was not kept: it was resumed from a "
+                f"partial file of an earlier download ({part}), which may be what was damaged; that "
+                "partial file was removed",
+                hint="Run the download again: it fetches the file whole. If it fails again, the "
+                "server's copy is damaged: an administrator should run `modeldepot fsck`.",
+            )
         os.replace(part, target)
         return target
 
@@ -315,11 +376,12 @@ class _InOrder:
     back from the file. Buffers come from here, in range order.
     """
 
-    def __init__(self, starts: list[int], size: int, done: set[int], path: Path, parallel: int):
+    def __init__(self, starts: list[int], size: int, done: set[int], path: Path, label: str, parallel: int):
         self.starts = starts
         self.size = size
         self.done = done
         self.path = path
+        self.label = label  # the file's stored path, for errors
         self.sha = hashlib.sha256()
         self.next = 0  # index in starts of the next range to hash
         self.ready: dict[int, tuple[mmap.mmap, int]] = {}
@@ -399,7 +461,7 @@ class _InOrder:
         if self.error is not None:
             raise self.error
         if self.next != len(self.starts):
-            raise IntegrityError(f"{self.path.name}: a range did not arrive; run the download again")
+            raise IntegrityError(f"{self.label}: a range did not arrive; run the download again")
         return self.sha.hexdigest()
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,9 @@ from ..errors import IntegrityError, InvalidInput
 from ..paths import normalize_path
 from ..records import ModelFile
 from .hashcache import HashCache
+
+if sys.platform != "win32":
+    import fcntl
 
 CHUNK = 1024 * 1024
 # Files are hashed in groups of consecutive files, one group to a task; a group closes once it holds
@@ -183,7 +188,12 @@ def read_chunks(path: Path, expected_size: int, on_bytes: object = None) -> Iter
 
 class Targets:
     """Where stored paths land under ``dest``; refuses any that would escape it (``..``, or a symlink
-    on the way that leads outside). Each directory is resolved once, not once per file in it."""
+    on the way that leads outside) or land in the folder of partial files (``Partials``). Each
+    directory is resolved once, not once per file in it.
+
+    A symlink at a file's own place is not followed: the file replaces the link (a link to another
+    file of the model made both files hold the bytes of whichever came last). One that leads outside
+    ``dest`` is refused all the same, as it always was."""
 
     def __init__(self, dest: Path):
         self.dest = dest
@@ -197,11 +207,101 @@ class Targets:
         if parent is None:
             parent = self._dirs[folder] = (self.dest / folder).resolve()
         target = parent / name
-        if os.path.islink(target):
-            target = target.resolve()
-        if not target.is_relative_to(self.root):
+        real = target.resolve() if os.path.islink(target) else target
+        if not (target.is_relative_to(self.root) and real.is_relative_to(self.root)):
             raise InvalidInput(f"Refusing to write {stored_path!r} outside {self.dest}")
+        # casefold: on a case-insensitive file system .ModelDepot-Partial is the same folder.
+        first = target.relative_to(self.root).parts[0]
+        if first.casefold() == PARTIAL_DIR:
+            raise InvalidInput(
+                f"Refusing to write {stored_path!r} into {self.dest / PARTIAL_DIR}, the folder where "
+                "downloads keep the files still arriving",
+                hint="Download the model as one archive instead (`modeldepot models archive`), or remove "
+                "the symbolic link that leads there.",
+            )
         return target
+
+
+PARTIAL_DIR = ".modeldepot-partial"
+
+
+class Partials:
+    """The files of a download still arriving, in one folder of the destination:
+    ``DEST/.modeldepot-partial/<sha256 of the stored path>.part`` (and ``.done`` for a file fetched
+    in ranges: the ranges that arrived).
+
+    Not next to the file as ``NAME.part``: that can be the name of another file of the model (whose
+    bytes then ended up under the wrong name), and one 251 to 255 bytes long is too long with it.
+    The names here are 69 bytes whatever the path, and depend on the path only, so a download run
+    again finds what arrived. ``Targets`` refuses model paths in this folder.
+
+    ``lock()`` holds an exclusive ``flock`` on ``lock`` in the folder while a download runs: a second
+    download into the same destination fails at once (``InvalidInput``) rather than truncating the
+    first one's partial files. ``remove()`` deletes the folder once a download has been through
+    every file (each arrived, or was found corrupted and removed): nothing is left to resume.
+    """
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self.dir = dest / PARTIAL_DIR
+
+    def of(self, stored_path: str) -> tuple[Path, Path]:
+        """The partial file of ``stored_path`` and its record of ranges."""
+        key = hashlib.sha256(normalize_path(stored_path).encode()).hexdigest()
+        return self.dir / f"{key}.part", self.dir / f"{key}.done"
+
+    def make(self) -> None:
+        if os.path.islink(self.dir):  # partial files elsewhere could not be renamed into place
+            raise InvalidInput(
+                f"{self.dir} is a symbolic link", hint="Remove it: downloads keep their partial files there."
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held for a whole download into ``dest``; raises InvalidInput if another one holds it."""
+        if sys.platform == "win32":  # no flock: nothing stops two downloads into one folder
+            yield
+            return
+        path = self.dir / "lock"
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:  # removed by a download that ended since make()
+                self.make()
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise InvalidInput(
+                    f"Another download is writing into {self.dest}",
+                    hint="Wait for it to end (running this again then keeps what it downloaded), or "
+                    "download into another folder: two downloads into one folder would write over "
+                    "each other's files.",
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # A download that just ended removed the folder, lock file and all: the lock taken is
+            # then on a file no other download can find. Take the one that is there now.
+            try:
+                there = os.stat(path)
+            except FileNotFoundError:
+                there = None
+            held = os.fstat(fd)
+            if there is not None and (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino):
+                break
+            os.close(fd)
+            self.make()
+        try:
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def remove(self) -> None:
+        """Delete the folder (whatever is left in it: partial files of earlier, other downloads)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def quote_segment(value: str, safe: str = "") -> str:
