@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from ..client import Client
+from ..client.args import server_url
 from ..client.settings import ClientSettings
-from ..errors import Unauthenticated
+from ..errors import InvalidInput, Unauthenticated
 
 
 def settings() -> ClientSettings:
@@ -33,12 +34,19 @@ def make_client(parallel: int = 4) -> Client:
     root = ctx.find_root().params
     s = settings()
     stored = s.stored()
-    url = root.get("url") or s.url or stored.get("url")
+    from_env = ctx.find_root().get_parameter_source("url") == click.core.ParameterSource.ENVIRONMENT
+    sources = [(root.get("url"), "MODELDEPOT_URL" if from_env else "--url"), (s.url, "MODELDEPOT_URL")]
+    sources.append((stored.get("url"), f"{s.config_file} (written by `modeldepot login`)"))
+    url, source = next(((u, where) for u, where in sources if u), (None, ""))
     key = root.get("api_key") or s.api_key or stored.get("api_key")
     if not url:
         raise Unauthenticated(
             "No server configured", hint="Run `modeldepot login --url http://HOST:PORT --api-key KEY` first."
         )
+    try:
+        url = server_url(url)
+    except InvalidInput as exc:  # say where the bad URL came from
+        raise InvalidInput(f"{exc.detail} (from {source})", hint=exc.hint) from None
     client = Client(url, key, parallel=parallel, hash_cache=s.hash_cache)
     ctx.call_on_close(client.close)
     return client

@@ -102,7 +102,12 @@ def cli(url: str | None, api_key: str | None) -> None:
 
 
 @cli.command()
-@click.option("--url", "server_url", required=True, help="The server, e.g. http://127.0.0.1:8750")
+@click.option(
+    "--url",
+    "server_url",
+    required=True,
+    help="The server's base URL, with http:// or https://, e.g. http://127.0.0.1:8750",
+)
 @click.option("--api-key", "key", prompt=True, hide_input=True, help="Your API key (prompted when left out).")
 @json_option
 def login(server_url: str, key: str, as_json: bool) -> None:
@@ -114,8 +119,9 @@ def login(server_url: str, key: str, as_json: bool) -> None:
     """
     from ..client import Client
 
-    with Client(server_url, key.strip()) as client:
+    with Client(server_url, key.strip()) as client:  # refuses a URL without http:// or https://
         me = client.whoami()
+        server_url = client.url  # as the SDK uses it: no trailing / or /api/v1
     path = save_login(server_url, key.strip())
     if as_json:
         emit_json({"config_file": str(path), **me})

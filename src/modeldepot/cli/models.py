@@ -8,7 +8,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -243,12 +243,13 @@ def show(model_id: str, as_json: bool) -> None:
 
 @group.command("download")
 @click.argument("model_id")
-@click.argument("dest", type=click.Path(path_type=Path), default=".")
+# DEST stays a str: click would make "" the current directory (Path("") is "."); the SDK refuses it.
+@click.argument("dest", type=click.Path(), default=".")
 @click.option(
     "--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Transfers at once."
 )
 @json_option
-def download(model_id: str, dest: Path, parallel: int, as_json: bool) -> None:
+def download(model_id: str, dest: str, parallel: int, as_json: bool) -> None:
     """Download a model's files into DEST (hashes checked; existing good files kept).
 
     \b
@@ -267,19 +268,36 @@ def download(model_id: str, dest: Path, parallel: int, as_json: bool) -> None:
 
 @group.command("archive")
 @click.argument("model_id")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(allow_dash=True))
 @click.option("--format", "format_", type=click.Choice(["zip", "tar"]), default="zip", show_default=True)
 @json_option
-def archive(model_id: str, dest: Path, format_: str, as_json: bool) -> None:
+def archive(model_id: str, dest: str, format_: str, as_json: bool) -> None:
     """Save a whole model as one zip or tar file.
 
+    DEST is the file to write (its folder is made if missing). DEST `-` writes the archive to
+    standard output, e.g. to pipe it into tar; it is refused when standard output is a terminal. If
+    that download fails part way, what was written is incomplete: the command exits with an error
+    and the reader must discard it.
+
     \b
-    Example:
+    Examples:
       modeldepot models archive mo… resnet.tar --format tar
+      modeldepot models archive mo… - --format tar | tar xf - -C ./resnet
     """
-    path = make_client().download_archive(
-        model_id, dest, format=format_, progress=Bar(enabled=None if not as_json else False)
-    )
+    client = make_client()
+    bar = Bar(enabled=None if not as_json else False)  # on stderr
+    if dest == "-":
+        if as_json:
+            raise click.UsageError("--json cannot be used with DEST '-': the archive is what goes to stdout.")
+        stdout: BinaryIO = sys.stdout.buffer
+        if stdout.isatty():
+            raise InvalidInput(
+                "Refusing to write an archive to a terminal",
+                hint="Redirect standard output (`> model.zip` or `| tar xf -`), or give a file name.",
+            )
+        client.download_archive(model_id, stdout, format=format_, progress=bar)
+        return
+    path = client.download_archive(model_id, dest, format=format_, progress=bar)
     emit_json({"archive": str(path)}) if as_json else click.echo(f"Saved {path}")
 
 

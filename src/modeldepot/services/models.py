@@ -222,7 +222,7 @@ class ModelService:
             )
         if changes.get("dataset_ref") is not None:
             fields["dataset_ref"] = validation.text(changes["dataset_ref"], "Dataset reference", 500) or None
-        new_name = validation.name(changes["name"], "Model name") if changes.get("name") is not None else None
+        new_name = validation.model_name(changes["name"]) if changes.get("name") is not None else None
         new_tags: tuple[str, ...] | None = None
         if changes.get("tags") is not None:
             new_tags = validation.tags(changes["tags"])

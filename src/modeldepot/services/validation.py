@@ -24,7 +24,31 @@ def name(value: Any, what: str = "Name", max_len: int = 200) -> str:
         raise InvalidInput(f"{what} {value!r} contains control characters")
     if len(value) > max_len:
         raise InvalidInput(f"{what} is {len(value)} characters long; the limit is {max_len}")
+    if what == _MODEL_NAME:
+        _path_segment_name(value, what)
     return value
+
+
+# Every service checks a model name with ``name(value, "Model name")``, so the rules for model names
+# hang on that label: then an upload, a rename, a workload and the Gradient routes all apply them.
+_MODEL_NAME = "Model name"
+
+
+def model_name(value: Any) -> str:
+    """A model name: a name that can also be one segment of a URL path (aliases are set at
+    ``/projects/{id}/aliases/{model name}/{alias}``)."""
+    return name(value, _MODEL_NAME)
+
+
+def _path_segment_name(value: str, what: str) -> None:
+    # The server decodes %2F before it routes a request, and clients drop "." and ".." segments, so
+    # such a name could never be named in a URL: its aliases could not be set. Stored models that
+    # already have one keep it (they can be listed, downloaded, deleted and renamed to a valid name).
+    if "/" in value or value in (".", ".."):
+        raise InvalidInput(
+            f"{what} {value!r} is not allowed: a model name cannot contain '/' or be '.' or '..'",
+            hint="Choose a name without '/', e.g. 'team-resnet' instead of 'team/resnet'.",
+        )
 
 
 def model_type(value: Any) -> str:
