@@ -125,7 +125,9 @@ def leftovers(store: BlobStore) -> list[str]:
         item["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for item in page.get("Contents", [])
-        if not item["Key"].startswith(prefix + "sha256/") and item["Key"] not in published
+        if not item["Key"].startswith(prefix + "sha256/")
+        and item["Key"] not in published
+        and item["Key"] != store.key("store-id")  # the marker naming the database that uses it
     ]
     uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
     return found + [u["Key"] for u in uploads]
@@ -802,3 +804,14 @@ def test_what_a_killed_writer_left_is_found_once_idle_and_removed(blob_store: Bl
     with pytest.raises(ValueError, match="bad temporary file name"):
         blob_store.remove_temporary("../staging/x")
     left.abort()  # the object in this process: its file handle (nothing is left to remove)
+
+
+def test_the_marker_naming_the_database_round_trips_and_is_no_blob(blob_store: BlobStore) -> None:
+    assert blob_store.read_marker() is None
+    blob_store.write_marker("bs0123456789abcdef")
+    blob_store.write_marker("bsfedcba9876543210")  # replaced whole
+    assert blob_store.read_marker() == "bsfedcba9876543210"
+    assert blob_store.marker_location().endswith("store-id")
+    assert list(blob_store.iter_blobs()) == []
+    assert blob_store.staging_ids() == []
+    assert leftovers(blob_store) == []

@@ -49,6 +49,10 @@ TMP_FOLDERS = 16
 PublishGuard = Callable[[str, int], AbstractContextManager[None]]
 
 
+# The file in the store's folder that names the metadata database using it (see marker_location).
+MARKER = "store-id"
+
+
 class Presigner(Protocol):
     """Signs URLs that move this store's bytes without the API server (the data plane)."""
 
@@ -275,6 +279,25 @@ class LocalBlobStore:
 
     def check(self) -> None:
         """Nothing to check: the folders were made (or failed to be) when the store opened."""
+
+    def marker_location(self) -> str:
+        return str(self.root / MARKER)
+
+    def read_marker(self) -> str | None:
+        try:
+            return (self.root / MARKER).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write_marker(self, value: str) -> None:
+        """Written through a temporary file and renamed, so that it is whole or absent."""
+        tmp = self.root / f".{MARKER}.{secrets.token_hex(6)}"
+        with open(tmp, "w") as f:
+            f.write(value + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / MARKER)
+        _fsync_dir(self.root)
 
     def completed_size(self, staging_id: str) -> int | None:
         """None: a local staging area is finished in one step (see the S3 store's)."""

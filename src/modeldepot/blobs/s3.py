@@ -137,6 +137,10 @@ def _too_small(number: int | None, size: int | None) -> InvalidInput:
     )
 
 
+# The object under the prefix that names the metadata database using the store (see marker_location).
+MARKER = "store-id"
+
+
 class S3BlobWriter:
     """Streams written bytes into a multipart upload on ``<prefix>/tmp/upload-<random>``.
 
@@ -362,6 +366,30 @@ class S3BlobStore:
             raise ServerError(f"Cannot reach the object store for {where}: {exc}", hint=settings) from None
 
     # -- keys and small helpers shared with the writer ------------------------------------------------
+
+    def marker_location(self) -> str:
+        return f"s3://{self.bucket}/{self.key(MARKER)}"
+
+    def read_marker(self) -> str | None:
+        try:
+            answer = self._get(self.key(MARKER), 0, None)
+        except FileNotFoundError:
+            return None
+        if answer is None:
+            return None
+        with contextlib.closing(answer["Body"]) as body:
+            return body.read().decode("utf-8", "replace").strip() or None
+
+    def write_marker(self, value: str) -> None:
+        data = (value + "\n").encode()
+        with _writing():
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key(MARKER),
+                Body=data,
+                ContentMD5=_md5(data),
+                ContentType="text/plain",
+            )
 
     def key(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts) if self.prefix else parts)

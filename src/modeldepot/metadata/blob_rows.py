@@ -163,6 +163,14 @@ class BlobRows:
                 found.extend((m, p, s) for m, p, s in rows)
         return sorted(found)
 
+    def recent_blobs(self, limit: int) -> list[tuple[str, int]]:
+        """(sha256, size) of the ``limit`` blobs touched last."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.blobs.c.sha256, t.blobs.c.size).order_by(t.blobs.c.touched_at.desc()).limit(limit)
+            )
+            return [(sha, int(size)) for sha, size in rows]
+
     def blob_index(self) -> Iterator[tuple[str, int, datetime]]:
         """(sha256, size, when last touched) of every indexed blob."""
         with self.engine.connect() as conn:

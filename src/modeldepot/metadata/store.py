@@ -345,6 +345,22 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
             )
         )
 
+    def get_fact(self, name: str) -> str | None:
+        with self._read() as conn:
+            value: str | None = conn.scalar(
+                select(t.server_facts.c.value).where(t.server_facts.c.name == name)
+            )
+            return value
+
+    def set_fact_once(self, name: str, value: str) -> str:
+        """Record ``value`` under ``name`` unless a value is there already; the value that is there now."""
+        with self._tx() as conn:
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(
+                dialect_insert(t.server_facts).values(name=name, value=value).on_conflict_do_nothing()
+            )
+            return str(conn.scalar(select(t.server_facts.c.value).where(t.server_facts.c.name == name)))
+
     def release_upload_key(self, model_id: str) -> None:
         """Take the upload key from an uploading model: a new upload with other files takes it over."""
         with self._tx() as conn:

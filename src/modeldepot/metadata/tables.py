@@ -261,3 +261,13 @@ key_roles = Table(
     Column("role", String(10), nullable=False),
     Index(None, "project_id"),
 )
+
+# Facts about this installation as a whole, by name: ``blob_store_id`` is the id written as a marker
+# into the blob store this database uses (checked at start, so that a server pointed at another
+# database's store, or this database at another store, stops instead of serving and collecting).
+server_facts = Table(
+    "server_facts",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -68,6 +68,7 @@ def run(overrides: dict[str, Any], options: Collection[str] = ()) -> None:
         )
     try:
         app.state.services.models.blobs.check()
+        app.state.services.maintenance.check_pairing()
     except ModeldepotError as exc:
         sock.close()
         _fail(exc.detail, exc.hint or "See docs/reference/settings.md.")

@@ -26,3 +26,8 @@ def key_id() -> str:
 
 def workload_id() -> str:
     return "wl" + _random(12)
+
+
+def store_id() -> str:
+    """The id a metadata database and its blob store name each other by."""
+    return "bs" + _random(16)

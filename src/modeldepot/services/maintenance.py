@@ -13,6 +13,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from ..errors import Conflict
+from . import ids
 from .ports import BlobStore, MetadataStore
 from .uploads import UploadService
 
@@ -20,6 +21,10 @@ from .uploads import UploadService
 # recording it) once it has been idle this long; younger ones may be about to be recorded. So is a
 # temporary file of a whole-blob write (a crash came while it was received).
 ORPHAN_STAGING_AGE = timedelta(hours=1)
+# The fact that names the blob store a metadata database uses, and how many of the blobs indexed last
+# must be in a store whose marker is missing for it to count as this database's.
+BLOB_STORE_ID = "blob_store_id"
+PAIRING_SAMPLE = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,47 @@ class Maintenance:
         self.blobs = blobs
         self.uploads = uploads
         self.grace = grace
+
+    def check_pairing(self) -> None:
+        """At start: stop (Conflict) unless the blob store is the one this metadata database uses.
+
+        Each names the other: the database keeps an id (``blob_store_id``) that a marker in the store
+        repeats. A server pointed at another database's store would sweep that database's uploads in
+        flight as orphans; one pointed at another (or an empty) store would find every file gone, and
+        `fsck --repair` would then forget them. Where a marker is missing (an installation from
+        before it, or a fresh one), a few of the blobs indexed last must be in the store; then the
+        marker is written. Replicas starting together agree: the first id recorded wins.
+        """
+        ours = self.store.get_fact(BLOB_STORE_ID)
+        theirs = self.blobs.read_marker()
+        if ours is not None and ours == theirs:
+            return
+        where, marker = self.blobs.location(), self.blobs.marker_location()
+        settings = "Check --blob-url and --database-url (MODELDEPOT_BLOB_URL, MODELDEPOT_DATABASE_URL)"
+        if ours is not None and theirs is not None:
+            raise Conflict(
+                f"The blob store at {where} belongs to another metadata database: its marker "
+                f"({marker}) names {theirs}, this database's store is {ours}",
+                hint=f"{settings}: each replica needs the same pair. If this store really is this "
+                "database's (e.g. restored from a backup), delete the marker and start again.",
+            )
+        recent = self.store.recent_blobs(PAIRING_SAMPLE)
+        if recent and not any(self.blobs.size(sha) == size for sha, size in recent):
+            raise Conflict(
+                f"None of the {len(recent)} blobs this metadata database indexed last is in the blob "
+                f"store at {where}: it is not this database's store",
+                hint=f"{settings}, or run `modeldepot fsck` against the right store.",
+            )
+        if theirs is not None and ours is None and not recent:
+            raise Conflict(
+                f"The blob store at {where} is in use by another metadata database (its marker "
+                f"{marker} names {theirs}), and this database has no content of its own",
+                hint=f"{settings}. To give the store to this database, delete the marker first: the "
+                "other database's files are then lost to it.",
+            )
+        agreed = self.store.set_fact_once(BLOB_STORE_ID, theirs or ids.store_id())
+        if agreed != theirs:
+            self.blobs.write_marker(agreed)
 
     def collect(self, *, dry_run: bool = False, grace: timedelta | None = None) -> GcReport:
         """Remove expired uploads, orphaned staging areas and temporary files, then every unreferenced
