@@ -348,3 +348,39 @@ def test_upgrading_keeps_the_newest_of_uploads_that_share_a_key(database_url: st
         assert store.find_upload("pr0000001", "ab" * 32, "t") == made[3]
     finally:
         store.close()
+
+
+def test_replicas_starting_together_make_one_bootstrap_key(database_url: str) -> None:
+    """Each looked for a key, found none and made one: two admin keys, or, given the same
+    MODELDEPOT_BOOTSTRAP_ADMIN_KEY, all but one failing to start on its hash (a duplicate key)."""
+    import threading
+
+    from modeldepot.services.auth import AuthService
+
+    first = SqlMetadataStore(database_url)
+    first.migrate()
+    stores = [first] + [SqlMetadataStore(database_url) for _ in range(3)]  # an engine each, as replicas
+    start = threading.Barrier(len(stores))
+    made: list[object] = []
+    errors: list[BaseException] = []
+
+    def bootstrap(store: SqlMetadataStore) -> None:
+        start.wait()
+        try:
+            made.append(AuthService(store).bootstrap("md_the_same_bootstrap_secret"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bootstrap, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert len([m for m in made if m is not None]) == 1
+        assert first.count_keys() == 1
+        assert AuthService(first).bootstrap(None) is None  # and never again
+    finally:
+        for store in stores:
+            store.close()

@@ -651,18 +651,22 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
 
     def create_key(self, key: ApiKey, secret_hash: str) -> None:
         with self._tx() as conn:
-            conn.execute(
-                insert(t.api_keys).values(
-                    id=key.id,
-                    secret_hash=secret_hash,
-                    name=key.name,
-                    user=key.user,
-                    is_admin=key.is_admin,
-                    created_at=key.created_at,
-                )
+            self._insert_key(conn, key, secret_hash)
+
+    @staticmethod
+    def _insert_key(conn: Connection, key: ApiKey, secret_hash: str) -> None:
+        conn.execute(
+            insert(t.api_keys).values(
+                id=key.id,
+                secret_hash=secret_hash,
+                name=key.name,
+                user=key.user,
+                is_admin=key.is_admin,
+                created_at=key.created_at,
             )
-            for project_id, role in key.roles.items():
-                conn.execute(insert(t.key_roles).values(key_id=key.id, project_id=project_id, role=role))
+        )
+        for project_id, role in key.roles.items():
+            conn.execute(insert(t.key_roles).values(key_id=key.id, project_id=project_id, role=role))
 
     def _keys(self, conn: Connection, where: Any) -> list[tuple[ApiKey, str]]:
         rows = list(conn.execute(select(t.api_keys).where(where).order_by(t.api_keys.c.created_at)))
@@ -728,6 +732,25 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
     def revoke_key(self, key_id: str, at: datetime) -> None:
         with self._tx() as conn:
             conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id).values(revoked_at=at))
+
+    def create_first_key(self, key: ApiKey, secret_hash: str) -> bool:
+        """Create ``key`` if it is the first ever (the bootstrap admin); False if another came first.
+
+        The ``bootstrap`` fact is the turnstile: its insert waits for (PostgreSQL) or is serialized
+        with (SQLite) another's, and only the one that inserts it goes on, if there is still no key.
+        """
+        with self._tx() as conn:
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            won = conn.scalar(
+                dialect_insert(t.server_facts)
+                .values(name="bootstrap", value=key.id)
+                .on_conflict_do_nothing()
+                .returning(t.server_facts.c.name)  # (rowcount is -1 here with psycopg)
+            )
+            if won is None or conn.scalar(select(func.count()).select_from(t.api_keys)):
+                return False
+            self._insert_key(conn, key, secret_hash)
+            return True
 
     def count_keys(self) -> int:
         with self._read() as conn:

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from ..errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated, project_not_found
@@ -80,8 +80,16 @@ class AuthService:
         return Principal(key_id=key.id, user=key.user, is_admin=key.is_admin, roles=dict(key.roles))
 
     def _new(
-        self, *, name: str, user: str, is_admin: bool, roles: dict[str, str], secret: str | None
+        self,
+        *,
+        name: str,
+        user: str,
+        is_admin: bool,
+        roles: dict[str, str],
+        secret: str | None,
+        create: Callable[[ApiKey, str], object] | None = None,
     ) -> NewApiKey:
+        """A new key, stored by ``create`` (default: the store's ``create_key``)."""
         secret = secret or "md_" + secrets.token_urlsafe(32)
         key = ApiKey(
             id=ids.key_id(),
@@ -91,22 +99,28 @@ class AuthService:
             roles=roles,
             created_at=datetime.now(UTC),
         )
-        self.store.create_key(key, hash_secret(secret))
+        (create or self.store.create_key)(key, hash_secret(secret))
         return NewApiKey(key=key, secret=secret)
 
     def bootstrap(self, secret: str | None) -> NewApiKey | None:
-        """Create the first admin key when none exists (``secret`` from MODELDEPOT_BOOTSTRAP_ADMIN_KEY)."""
+        """Create the first admin key when none exists (``secret`` from MODELDEPOT_BOOTSTRAP_ADMIN_KEY).
+
+        Replicas starting together on a new database make one key between them: each tries, and the
+        store lets only the first in (the others, given the same secret, had failed on its hash)."""
         if self.store.count_keys() > 0:
             return None
         if secret is not None and len(secret.strip()) < 16:
             raise InvalidInput("MODELDEPOT_BOOTSTRAP_ADMIN_KEY must be at least 16 characters long")
-        return self._new(
+        made: list[bool] = []
+        new = self._new(
             name="bootstrap admin",
             user="admin",
             is_admin=True,
             roles={},
             secret=secret.strip() if secret else None,
+            create=lambda key, secret_hash: made.append(self.store.create_first_key(key, secret_hash)),
         )
+        return new if made[0] else None
 
     def create_key(
         self,
