@@ -156,6 +156,25 @@ def test_errors_are_one_line_with_a_hint_and_an_exit_code(logged_in: dict[str, s
     assert "Hint: Use one of: uploading, ready, failed, any." in unknown.stderr
 
 
+def test_with_json_an_error_is_one_json_object_on_stderr(logged_in: dict[str, str], tmp_path: Path) -> None:
+    """A script that asked for --json could only scrape `Error: …` lines; it gets the problem
+    document the server sends (code, detail, hint) and the exit code, and stdout stays empty."""
+    env = logged_in
+    missing = run(["models", "show", "mo000000000000", "--json"], env, check=False)
+    assert missing.returncode == 4 and missing.stdout == ""
+    problem = json.loads(missing.stderr)
+    assert problem["code"] == "not_found" and problem["exit_code"] == 4
+    assert problem["detail"] == "Model mo000000000000 not found"
+    local = run(["models", "download", "mo000000000000", str(tmp_path / "f"), "--json"], env, check=False)
+    assert json.loads(local.stderr)["code"] == "not_found"
+    down = run(
+        ["--url", "http://127.0.0.1:9", "--api-key", "k", "models", "list", "--json"], env, check=False
+    )
+    assert down.returncode == 10 and json.loads(down.stderr)["code"] == "connection_failed"
+    plain = run(["models", "show", "mo000000000000"], env, check=False)
+    assert plain.stderr.startswith("Error: ")  # without --json, as before
+
+
 def test_models_list_shows_each_models_state_with_state_any(
     logged_in: dict[str, str], tmp_path: Path
 ) -> None:

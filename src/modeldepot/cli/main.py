@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 from typing import Any, NoReturn
@@ -14,7 +15,7 @@ from .._version import __version__
 from ..errors import InvalidInput, ModeldepotError, StorageFull
 from . import admin, aliases, keys, models, projects, serve, workloads
 from .context import make_client, save_login, settings
-from .output import emit_json, err_console, fields, json_option
+from .output import JSON_ERRORS, emit_json, err_console, fields, json_option
 from .run import run
 
 EPILOG = """\b
@@ -70,6 +71,11 @@ def local_error(exc: OSError) -> ModeldepotError | None:
 
 
 def _report(exc: ModeldepotError) -> NoReturn:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(JSON_ERRORS):
+        # For scripts: the problem document the server sends, and the exit code, as one line.
+        click.echo(json.dumps({**exc.to_problem(), "exit_code": exc.exit_code}), err=True)
+        sys.exit(exc.exit_code)
     # Escaped: a detail such as "[step, value]" is text, not rich markup.
     err_console.print(f"[bold red]Error:[/] {escape(exc.detail)}", highlight=False, soft_wrap=True)
     if exc.hint:

@@ -26,7 +26,23 @@ from ..records import to_json
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+def note_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    # ctx.meta is shared by every context of a command line: the error handler reads it there.
+    if value:
+        ctx.meta[JSON_ERRORS] = True
+    return value
+
+
+# Set when the command was given --json: an error is then printed as JSON too (on stderr).
+JSON_ERRORS = "modeldepot.json"
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=note_json,
+    help="Print JSON instead of a table (and an error as a JSON object on stderr).",
+)
 
 
 def emit_json(value: Any) -> None:

@@ -13,7 +13,7 @@ from ..errors import ModeldepotError
 from ..records import Workload
 from .context import make_client
 from .models import TYPES, _json_object
-from .output import Bar, emit_json, err_console, human_size
+from .output import Bar, emit_json, err_console, human_size, note_json
 from .workloads import duration_text
 
 
@@ -47,7 +47,13 @@ from .workloads import duration_text
 @click.option(
     "--parallel", default=4, show_default=True, type=click.IntRange(1, 64), help="Transfers at once."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the workload and model as JSON at the end.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=note_json,
+    help="Print the workload and model as JSON at the end (and an error as a JSON object on stderr).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(
     project: str,
