@@ -135,10 +135,10 @@ def test_errors_are_one_line_with_a_hint_and_an_exit_code(logged_in: dict[str, s
     empty.mkdir()
     bad = run(["models", "upload", str(empty), "--name", "m", "--project", project], env, check=False)
     assert bad.returncode == 3 and "no files" in bad.stderr
-    by_name = run(["models", "upload", str(f), "--name", "m", "--project", "p"], env, check=False)
+    by_name = run(["models", "upload", str(f), "--name", "m", "--project", "nosuch"], env, check=False)
     assert by_name.returncode == 4
-    assert by_name.stderr.startswith("Error: Project p not found")
-    assert "Use the id (pr…) of a project" in by_name.stderr and "projects list" in by_name.stderr
+    assert by_name.stderr.startswith("Error: No project has the id or the name 'nosuch'")
+    assert "projects list" in by_name.stderr
     usage = run(
         ["models", "upload", str(f), "--name", "m", "--project", project, "--type", "pytorch"],
         env,
@@ -154,6 +154,22 @@ def test_errors_are_one_line_with_a_hint_and_an_exit_code(logged_in: dict[str, s
     unknown = run(["models", "list", "--project", project, "--state", "bogus"], env, check=False)
     assert unknown.returncode == 3
     assert "Hint: Use one of: uploading, ready, failed, any." in unknown.stderr
+
+
+def test_project_options_take_a_name_too(logged_in: dict[str, str], tmp_path: Path) -> None:
+    env = logged_in
+    vision = run(["projects", "create", "vision"], env).stdout.strip()
+    f = write_tree(tmp_path, {"m.bin": b"1"}) / "m.bin"
+    model = run(["models", "upload", str(f), "--name", "m", "--project", "vision", "--json"], env).stdout
+    assert json.loads(model)["project_id"] == vision
+    listed = json.loads(run(["models", "list", "--project", "vision", "--json"], env).stdout)["items"]
+    assert [m["project_id"] for m in listed] == [vision]
+    run(["aliases", "set", "m", "prod", json.loads(model)["id"], "--project", "vision"], env)
+    twin = run(["projects", "create", "vision"], env).stdout.strip()
+    both = run(["models", "list", "--project", "vision"], env, check=False)
+    assert both.returncode == 3 and "2 projects are named 'vision': " in both.stderr
+    assert vision in both.stderr and twin in both.stderr and "Give the id" in both.stderr
+    assert json.loads(run(["models", "list", "--project", vision, "--json"], env).stdout)["items"]
 
 
 def test_with_json_an_error_is_one_json_object_on_stderr(logged_in: dict[str, str], tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .context import make_client
+from .context import make_client, project_option
 from .output import emit_json, json_option, table
 
 
@@ -17,7 +17,7 @@ def group() -> None:
 @click.argument("model_name")
 @click.argument("alias")
 @click.argument("model_id")
-@click.option("--project", required=True, help="Project id (pr…).")
+@project_option(required=True)
 @json_option
 def set_(model_name: str, alias: str, model_id: str, project: str, as_json: bool) -> None:
     """Point ALIAS of MODEL_NAME at MODEL_ID (moving it if it exists).
@@ -31,7 +31,7 @@ def set_(model_name: str, alias: str, model_id: str, project: str, as_json: bool
 
 
 @group.command("list")
-@click.option("--project", required=True, help="Project id (pr…).")
+@project_option(required=True)
 @json_option
 def list_(project: str, as_json: bool) -> None:
     """List a project's aliases."""
@@ -48,7 +48,7 @@ def list_(project: str, as_json: bool) -> None:
 @group.command("delete")
 @click.argument("model_name")
 @click.argument("alias")
-@click.option("--project", required=True, help="Project id (pr…).")
+@project_option(required=True)
 @json_option
 def delete(model_name: str, alias: str, project: str, as_json: bool) -> None:
     """Delete an alias."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..client import Client
 from ..client.args import server_url
 from ..client.settings import ClientSettings
-from ..errors import InvalidInput, Unauthenticated
+from ..errors import InvalidInput, NotFound, Unauthenticated
 
 
 def settings() -> ClientSettings:
@@ -50,3 +52,29 @@ def make_client(parallel: int = 4) -> Client:
     client = Client(url, key, parallel=parallel, hash_cache=s.hash_cache)
     ctx.call_on_close(client.close)
     return client
+
+
+_PROJECT_ID = re.compile(r"pr[0-9a-z]{7}")
+
+
+def _project(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A project given by its id (pr…, used as it is) or by its name (looked up: one must match)."""
+    if value is None or _PROJECT_ID.fullmatch(value):
+        return value
+    named = [p for p in make_client().list_projects() if p.name == value]
+    if len(named) == 1:
+        return named[0].id
+    if named:
+        raise InvalidInput(
+            f"{len(named)} projects are named {value!r}: {', '.join(p.id for p in named)}",
+            hint="Give the id of the one you mean.",
+        )
+    raise NotFound(
+        f"No project has the id or the name {value!r}",
+        hint="`modeldepot projects list` shows the projects this API key may see.",
+    )
+
+
+def project_option(*, required: bool = False, help: str = "Project id (pr…) or name.") -> Any:
+    """``--project``: an id, or a name this key can see (resolved to the id before the command runs)."""
+    return click.option("--project", required=required, callback=_project, help=help)

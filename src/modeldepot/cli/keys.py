@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .context import make_client
+from .context import make_client, project_option
 from .output import emit_json, json_option, table
 
 
@@ -14,7 +14,7 @@ def group() -> None:
 
 
 @group.command("create")
-@click.option("--project", help="Project the key gets a role in.")
+@project_option(help="Project the key gets a role in (id or name).")
 @click.option("--role", type=click.Choice(["viewer", "editor", "admin"]), help="Its role there.")
 @click.option("--admin", is_flag=True, help="A global admin key instead (needs a global admin key).")
 @click.option("--name", default="", help="A label to recognise the key by.")
@@ -38,7 +38,7 @@ def create(
 
 
 @group.command("list")
-@click.option("--project", help="Only keys with a role in this project.")
+@project_option(help="Only keys with a role in this project (id or name).")
 @json_option
 def list_(project: str | None, as_json: bool) -> None:
     """List keys (never their secrets)."""

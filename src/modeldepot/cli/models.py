@@ -15,7 +15,7 @@ import click
 from ..client import Client
 from ..errors import InvalidInput
 from ..records import Model
-from .context import make_client
+from .context import make_client, project_option
 from .output import Bar, emit_json, err_console, fields, human_size, json_option, table
 from .workloads import commit_text, series_text
 
@@ -56,7 +56,7 @@ def group() -> None:
 @group.command("upload")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", required=True, help="Model name (versions count up per name).")
-@click.option("--project", required=True, help="Project id (pr…).")
+@project_option(required=True)
 @click.option("--type", "type_", type=TYPES, help="Tensorflow, ONNX or Custom (detected when left out).")
 @click.option("--summary", help="Metrics as a JSON object, e.g. '{\"accuracy\": 0.71}'.")
 @click.option("--notes", help="Notes (Markdown).")
@@ -115,7 +115,7 @@ def upload(
 
 
 @group.command("list")
-@click.option("--project", help="Only this project.")
+@project_option(help="Only this project (id or name).")
 @click.option("--tag", help="Only models with this tag.")
 @click.option("--name", help="Only models with exactly this name.")
 @click.option("--type", "type_", type=TYPES, help="Only this type.")

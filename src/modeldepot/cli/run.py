@@ -11,7 +11,7 @@ import click
 from ..client.outcome import RunInterrupted
 from ..errors import ModeldepotError
 from ..records import Workload
-from .context import make_client
+from .context import make_client, project_option
 from .models import TYPES, _json_object
 from .output import Bar, emit_json, err_console, human_size, note_json
 from .workloads import duration_text
@@ -21,7 +21,7 @@ from .workloads import duration_text
     "run",
     context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
 )
-@click.option("--project", required=True, help="Project id (pr…).")
+@project_option(required=True)
 @click.option("--name", required=True, help="Name of the model the command makes.")
 @click.option("--type", "type_", type=TYPES, help="Tensorflow, ONNX or Custom (detected when left out).")
 @click.option(

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..records import WORKLOAD_STATES, Workload
-from .context import make_client
+from .context import make_client, project_option
 from .output import emit_json, fields, json_option, table
 
 
@@ -48,7 +48,7 @@ def group() -> None:
 
 
 @group.command("list")
-@click.option("--project", help="Only this project.")
+@project_option(help="Only this project (id or name).")
 @click.option("--commit", help="Only runs at this git commit (4 or more hex digits of it).")
 @click.option("--state", type=click.Choice(WORKLOAD_STATES), help="Only workloads in this state.")
 @click.option("--name", help="Only runs that make a model of this name.")
