@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import stat
 import tarfile
 import time
 import zipfile
@@ -37,6 +38,9 @@ log = logging.getLogger("modeldepot.server")
 FLUSH_AT = 256 * 1024
 # Blob sizes looked up at once before an archive starts, in an object store (a HEAD request each).
 LOOKUPS = 8
+# Every entry is a regular file readable by all, writable by its owner (-rw-r--r--), in both formats.
+# Archives hold no directory entries: readers make a file's directories as they extract it.
+FILE_MODE = 0o644
 
 
 class ArchiveAborted(Exception):
@@ -141,7 +145,7 @@ def _tar_pieces(files: list[ModelFile], read: Reader) -> Iterator[bytes]:
     offset = 0
     for f in files:
         info = tarfile.TarInfo(f.path)
-        info.size, info.mtime, info.mode = f.size, now, 0o644
+        info.size, info.mtime, info.mode = f.size, now, FILE_MODE
         header = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
         yield header
         yield from _checked(f, read)
@@ -189,6 +193,9 @@ def _zip_pieces(files: list[ModelFile], read: Reader) -> Iterator[bytes]:
             info = zipfile.ZipInfo(f.path, date_time=time.localtime()[:6])
             info.compress_type = zipfile.ZIP_STORED
             info.file_size = f.size
+            # Unix type and mode, as tar has them; without them zipfile writes ?rw------- (0600, no type).
+            info.create_system = 3  # Unix, whatever the server's system: the mode below is a Unix one
+            info.external_attr = (stat.S_IFREG | FILE_MODE) << 16
             entry: IO[bytes]
             # On an abort, leaving these blocks writes the entry's end and the central directory
             # into the pipe, which is never sent.

@@ -7,7 +7,9 @@ nothing but
 
 - ``PUT /parts/<token>``: one part of a large upload, read with ``readinto`` straight into the aligned
   buffers the store writes it from at its offset (``LocalBlobStore.receive_part``), and hashed;
-- ``GET|HEAD /blobs/<token>``: one blob, with Range and the sha256 ETag, sent with ``sendfile``.
+- ``GET|HEAD /blobs/<token>``: one blob, sent with ``sendfile``, with the sha256 ETag and Last-Modified,
+  and Range, If-Range, If-Match and If-None-Match answered as the API's URL of the file answers them
+  (the helpers at the end of this module are both URLs' rules).
 
 The token is an HMAC-signed, expiring claim (:mod:`modeldepot.services.signing`) bound to the method
 and to one part or one blob, handed out by the API server (``…/parts`` and ``…/files``), just as a
@@ -23,11 +25,13 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 from contextvars import ContextVar
 from datetime import timedelta
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 from ..blobs.local import LocalBlobStore
@@ -42,7 +46,7 @@ log = logging.getLogger("modeldepot.dataplane")
 BUFFER = 1024 * 1024
 DRAIN_AT_MOST = 256 * 1024 * 1024
 BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_ETAG = re.compile(r'(?:W/)?("[^"]*")')
+_ETAG = re.compile(r'(W/)?("[^"]*")')
 
 
 # The host name the client of the API request being served used (its Host header), for base_url.
@@ -156,6 +160,16 @@ class _Server(ThreadingHTTPServer):
         self.socket = sock
         self.plane = plane
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that failed past the handler's own error answers. A client that went away (a
+        download stopped with Ctrl-C, a closed browser tab) is normal: one line at debug level, not
+        the standard library's traceback on stderr. Anything else is logged with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):  # BrokenPipeError, ConnectionResetError, ConnectionAbortedError
+            log.debug("data plane: client %s:%s went away: %s", *client_address[:2], exc)
+            return
+        log.error("data plane: request from %s failed", client_address, exc_info=exc)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: one connection carries many parts
@@ -164,6 +178,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format, *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line, too many headers, an
+        unknown method) as problem+json, like every other error of the data plane and the API."""
+        title, default = self.responses.get(code, ("Error", "The request cannot be served"))
+        self.log_error("code %d, message %s", code, message)
+        body = http_problem(code, title, message or default)
+        self._send_problem(body, unread=None)  # the request was not read: the connection closes
 
     def setup(self) -> None:
         super().setup()
@@ -192,6 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ModeldepotError as exc:
             self._problem(exc, self._unread)
             return
+        except ConnectionError:
+            raise  # the client went away mid-part: nobody to answer (see _Server.handle_error)
         except Exception:
             log.exception("data plane: PUT failed")
             self._problem(ServerError("The server failed to store the part; send it again"), self._unread)
@@ -224,45 +248,77 @@ class _Handler(BaseHTTPRequestHandler):
                     f"Blob {sha256} is not stored (any more)", hint="List the model's files again."
                 )
             f = path.open("rb")
+            stat = os.fstat(f.fileno())
         except ModeldepotError as exc:
             self._problem(exc, 0)
             return
+        except Exception:
+            log.exception("data plane: GET failed")
+            self._problem(ServerError("The server failed to read the file; it has been logged"), 0)
+            return
         with f:
-            size = os.fstat(f.fileno()).st_size
-            etag = f'"{sha256}"'
-            if if_none_match_hits(self.headers.get("If-None-Match"), etag):
-                self.send_response(304)
-                self.send_header("ETag", etag)
-                self.end_headers()
-                return
-            start, end, status = 0, size, 200
-            wanted = self.headers.get("Range")
-            if wanted is not None and not BYTE_RANGE.fullmatch(wanted.strip()):
-                wanted = None  # not a single byte range: ignored, the whole blob is sent (RFC 9110)
-            if wanted is not None and self.headers.get("If-Range") in (None, etag):
-                span = parse_range(wanted, size)
-                if span is None:
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{size}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                start, end = span
-                status = 206
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(end - start))
-            self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(filename)}")
-            self.send_header("X-Content-Type-Options", "nosniff")
+            self._send_blob(f, stat, sha256, filename, with_body)
+
+    def _send_blob(
+        self, f: BinaryIO, stat: os.stat_result, sha256: str, filename: str, with_body: bool
+    ) -> None:
+        """The blob's answer, by the same rules as the API's URL of the file (server/api/models.py)."""
+        size = stat.st_size
+        etag = f'"{sha256}"'
+        last_modified = http_date(stat.st_mtime)
+        if not if_match_holds(self.headers.get("If-Match"), etag):
+            self._send_problem(precondition_failed(etag), unread=0)
+            return
+        if if_none_match_hits(self.headers.get("If-None-Match"), etag):
+            self.send_response(304)
             self.send_header("ETag", etag)
-            self.send_header("X-Checksum-Sha256", sha256)
-            self.send_header("Accept-Ranges", "bytes")
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
             self.end_headers()
-            if with_body and end > start:
-                self.wfile.flush()
-                self.connection.sendfile(f, start, end - start)
+            return
+        start, end, status = 0, size, 200
+        wanted = self.headers.get("Range")
+        if wanted is not None and not BYTE_RANGE.fullmatch(wanted.strip()):
+            wanted = None  # not a single byte range: ignored, the whole blob is sent (RFC 9110)
+        if wanted is not None and if_range_holds(self.headers.get("If-Range"), etag, last_modified):
+            span = parse_range(wanted, size)
+            if span is None:
+                problem = range_not_satisfiable(wanted, size)
+                self._send_problem(problem, unread=0, headers={"Content-Range": f"bytes */{size}"})
+                return
+            start, end = span
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(filename)}")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", last_modified)
+        self.send_header("X-Checksum-Sha256", sha256)
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.end_headers()
+        if with_body and end > start:
+            self.wfile.flush()
+            # A client that goes away meanwhile raises ConnectionError: see _Server.handle_error.
+            self.connection.sendfile(f, start, end - start)
+
+    # -- anything else -------------------------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        """405 as the API answers a method its route does not take (other methods: 501, send_error)."""
+        unread = self._content_length()
+        if unread is None and "Transfer-Encoding" not in self.headers:
+            unread = 0  # no body
+        allow = {"/parts/": "PUT", "/blobs/": "GET, HEAD"}.get(self.path[:7])
+        if allow is None:
+            error = NotFound("No such data URL", hint="Use the URL exactly as the server returned it.")
+            self._problem(error, unread)
+            return
+        problem = http_problem(405, "Method Not Allowed", "Method Not Allowed")
+        self._send_problem(problem, unread, headers={"Allow": allow})
+
+    do_DELETE = do_PATCH = do_OPTIONS = do_POST
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -276,18 +332,29 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.plane.signer.verify(self.path[len(prefix) :], method)
 
     def _problem(self, error: ModeldepotError, unread: int | None) -> None:
+        self._send_problem(error.to_problem(), unread)
+
+    def _send_problem(
+        self, problem: dict[str, Any], unread: int | None, headers: dict[str, str] | None = None
+    ) -> None:
+        """A problem+json answer, the same body as the API's. ``unread``: bytes of the request body
+        not read yet (None: unknown); a HEAD gets the headers only."""
         if unread:
             unread = self._drain(unread)
-        body = json.dumps(error.to_problem()).encode()
-        self.send_response(error.status)
+        # Written as Starlette's JSONResponse writes it: the same bytes, and Content-Length, as the API's.
+        body = json.dumps(problem, ensure_ascii=False, separators=(",", ":")).encode()
+        self.send_response(problem["status"])
         self.send_header("Content-Type", "application/problem+json")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if unread != 0:
             # The rest of the request body was not read: the connection cannot carry another request.
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _drain(self, unread: int) -> int:
         """Read and drop the rest of a refused body, so that the client gets to read the answer (a
@@ -313,7 +380,7 @@ def if_none_match_hits(header: str | None, etag: str) -> bool:
         return False
     if header.strip() == "*":
         return True
-    return etag in _ETAG.findall(header)
+    return any(tag == etag for _weak, tag in _ETAG.findall(header))
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -330,3 +397,58 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     else:
         return None
     return (start, end) if start < end else None
+
+
+def if_match_holds(header: str | None, etag: str) -> bool:
+    """Whether a request may go on under its ``If-Match`` header (False: 412): no header, ``*`` (the
+    file exists, or there would be a 404), or a list holding the strong ``etag``. RFC 9110 13.1.1
+    asks for the strong comparison here: ``W/"x"`` does not match ``"x"``."""
+    if header is None or header.strip() == "*":
+        return True
+    return any(not weak and tag == etag for weak, tag in _ETAG.findall(header))
+
+
+def if_range_holds(header: str | None, etag: str, last_modified: str) -> bool:
+    """Whether a Range counts under its ``If-Range`` header: no header, or exactly the ETag or the
+    ``Last-Modified`` date (RFC 9110 13.1.5); anything else means the client holds another version."""
+    return header is None or header.strip() in (etag, last_modified)
+
+
+def http_date(timestamp: float) -> str:
+    """A file's ``Last-Modified`` value: the one Starlette's FileResponse sends from the same stat."""
+    return formatdate(timestamp, usegmt=True)
+
+
+def http_problem(status: int, title: str, detail: str, hint: str | None = None) -> dict[str, Any]:
+    """The problem+json body of an HTTP-level refusal (code ``http_error``), in the shape the API's
+    error handlers send (server/problems.py)."""
+    body: dict[str, Any] = {
+        "type": "urn:modeldepot:error:http_error",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": "http_error",
+    }
+    if hint is not None:
+        body["hint"] = hint
+    return body
+
+
+def range_not_satisfiable(wanted: str, size: int) -> dict[str, Any]:
+    """The 416 body of both URLs of a file (sent with ``Content-Range: bytes */SIZE``)."""
+    return http_problem(
+        416,
+        "Range Not Satisfiable",
+        f"The range {wanted.strip()!r} has no bytes in this file of {size} bytes",
+        "Ask for a range that starts before the end of the file, or for the whole file.",
+    )
+
+
+def precondition_failed(etag: str) -> dict[str, Any]:
+    """The 412 body of both URLs of a file, for an ``If-Match`` that does not hold."""
+    return http_problem(
+        412,
+        "Precondition Failed",
+        f"If-Match does not list the file's ETag {etag}: the file is another version than expected",
+        "Fetch the file without If-Match, or with the ETag it has now.",
+    )

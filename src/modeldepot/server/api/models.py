@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote
 
@@ -20,8 +19,18 @@ from ...services.auth import Principal
 from ...services.container import Services
 from ..archive import ArchiveResponse, first_damaged, stream_tar, stream_zip
 
-# The data plane's rules for Range and If-None-Match, so that a file's two URLs answer alike.
-from ..dataplane import BYTE_RANGE, if_none_match_hits, parse_range
+# The data plane's rules for the conditional headers and its answers, so that a file's two URLs
+# answer alike.
+from ..dataplane import (
+    BYTE_RANGE,
+    http_date,
+    if_match_holds,
+    if_none_match_hits,
+    if_range_holds,
+    parse_range,
+    precondition_failed,
+    range_not_satisfiable,
+)
 from ..deps import PrincipalDep, ServicesDep
 from ..problems import PROBLEM
 
@@ -138,13 +147,16 @@ def download_file(
     model_id: str, path: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
     """The bytes of one file, as an attachment (HEAD: the same headers, no body). One byte range,
-    If-Range and If-None-Match (the sha256 ETag, compared weakly) are honoured as on the data plane:
-    a Range that is not one ``bytes=`` range is ignored, one past the end gets 416.
+    If-Range (the ETag or the Last-Modified date), If-Match (the sha256 ETag, compared strongly) and
+    If-None-Match (compared weakly) are honoured as on the data plane: a Range that is not one
+    ``bytes=`` range is ignored, one past the end gets 416.
 
     With an object store behind the server, the answer is a redirect to a presigned URL there.
     """
     found = services.models.file(principal, model_id, path)
     etag = f'"{found.sha256}"'
+    if not if_match_holds(request.headers.get("if-match"), etag):
+        return JSONResponse(precondition_failed(etag), status_code=412, media_type=PROBLEM)
     if if_none_match_hits(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag})
     headers = {"X-Content-Type-Options": "nosniff", "X-Checksum-Sha256": found.sha256, "ETag": etag}
@@ -165,18 +177,24 @@ def download_file(
         wanted = request.headers.get("range")
         if wanted is not None and not BYTE_RANGE.fullmatch(wanted.strip()):
             wanted = None  # not a single byte range: ignored, the whole file is sent (RFC 9110)
-        if_range = request.headers.get("if-range")
-        if if_range is not None and if_range not in (etag, formatdate(stat.st_mtime, usegmt=True)):
+        # The data plane's Last-Modified too (Starlette would send the same from this stat).
+        last_modified = http_date(stat.st_mtime)
+        if not if_range_holds(request.headers.get("if-range"), etag, last_modified):
             wanted = None  # the client holds another version: the whole of this one
         span = None if wanted is None else parse_range(wanted, stat.st_size)
         if wanted is not None and span is None:
-            return _not_satisfiable(wanted, stat.st_size)
+            return JSONResponse(
+                range_not_satisfiable(wanted, stat.st_size),
+                status_code=416,
+                media_type=PROBLEM,
+                headers={"Content-Range": f"bytes */{stat.st_size}"},
+            )
         response = BlobFileResponse(
             local,
             stat_result=stat,
             media_type="application/octet-stream",
             filename=filename,
-            headers=headers,
+            headers=headers | {"Last-Modified": last_modified},
             content_disposition_type="attachment",
         )
         response.span = span
@@ -213,21 +231,6 @@ def _damaged(f: ModelFile, what: str) -> IntegrityError:
         "blob %s (file %r) %s; run `modeldepot fsck` to find every damaged blob", f.sha256, f.path, what
     )
     return IntegrityError(f"File {f.path!r} cannot be served: its blob {f.sha256} {what}", hint=FSCK_HINT)
-
-
-def _not_satisfiable(wanted: str, size: int) -> JSONResponse:
-    """416 with the file's size, as the data plane answers, in the problem+json shape of HTTP errors."""
-    body = {
-        "type": "urn:modeldepot:error:http_error",
-        "title": "Range Not Satisfiable",
-        "status": 416,
-        "detail": f"The range {wanted.strip()!r} has no bytes in this file of {size} bytes",
-        "code": "http_error",
-        "hint": "Ask for a range that starts before the end of the file, or for the whole file.",
-    }
-    return JSONResponse(
-        body, status_code=416, media_type=PROBLEM, headers={"Content-Range": f"bytes */{size}"}
-    )
 
 
 class ArchiveRequest(BaseModel):
