@@ -72,7 +72,8 @@ def install(app: FastAPI) -> None:
             "detail": str(exc.detail),
             "code": "http_error",
         }
-        return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM)
+        # Its headers too: a 405's Allow (RFC 9110 requires it), a 401's WWW-Authenticate.
+        return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM, headers=exc.headers)
 
     try:
         from botocore.exceptions import BotoCoreError, ClientError

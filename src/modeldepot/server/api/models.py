@@ -141,8 +141,9 @@ def list_files(model_id: str, request: Request, principal: PrincipalDep, service
     return {"items": items}
 
 
-@router.get("/models/{model_id}/files/{path:path}")
-@router.head("/models/{model_id}/files/{path:path}")
+@router.api_route(
+    "/models/{model_id}/files/{path:path}", methods=["GET", "HEAD"]
+)  # one route: a 405 allows both
 def download_file(
     model_id: str, path: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
