@@ -76,10 +76,45 @@ def test_a_new_database_pointed_at_a_store_in_use_stops(database_url: str, tmp_p
     store_dir = tmp_path / "blobs"
     _check(f"sqlite:///{tmp_path / 'first.db'}", tmp_path / "data1", store_dir)
     marker = (store_dir / "store-id").read_text()
-    with pytest.raises(Conflict, match="in use by another metadata database") as caught:
+    with pytest.raises(Conflict, match="belongs to another metadata database: .* never recorded") as caught:
         _check(database_url, tmp_path / "data2", store_dir)
     assert "delete the marker" in (caught.value.hint or "")
     assert (store_dir / "store-id").read_text() == marker  # the other database's marker stays
+
+
+def test_a_replica_given_another_store_before_any_upload_stops(database_url: str, tmp_path: Path) -> None:
+    """With nothing uploaded yet there are no blobs to look for: a replica with a typo in --blob-url
+    wrote the database's id into the wrong store, and every start of either passed from then on."""
+    _check(database_url, tmp_path / "data", tmp_path / "blobs")
+    with pytest.raises(Conflict, match="has no marker, though this metadata database marked its store"):
+        _check(database_url, tmp_path / "data", tmp_path / "typo")
+    assert not (tmp_path / "typo" / "store-id").exists()
+
+
+def test_a_new_database_pointed_at_an_unmarked_store_with_content_stops(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A store of an installation from before the marker, and a new database started on it first:
+    it marked the store as its own, and the old database, upgraded, then took that id too."""
+    store_dir = tmp_path / "blobs"
+    _upload(f"sqlite:///{tmp_path / 'old.db'}", tmp_path / "old", store_dir)
+    (store_dir / "store-id").unlink(missing_ok=True)  # as an older server left it
+    with pytest.raises(Conflict, match="holds content, and this metadata database has none"):
+        _check(database_url, tmp_path / "data", store_dir)
+    assert not (store_dir / "store-id").exists()
+
+
+def test_a_replica_starting_while_another_marks_the_store_goes_on(database_url: str, tmp_path: Path) -> None:
+    """Another replica recorded the id and has not written the marker yet: this one writes it."""
+    from modeldepot.metadata import SqlMetadataStore
+    from modeldepot.services.maintenance import BLOB_STORE_ID
+
+    store = SqlMetadataStore(database_url)
+    store.migrate()
+    store.set_fact_once(BLOB_STORE_ID, "bs0000000000000001")
+    store.close()
+    _check(database_url, tmp_path / "data", tmp_path / "blobs")
+    assert (tmp_path / "blobs" / "store-id").read_text().strip() == "bs0000000000000001"
 
 
 def test_serve_stops_with_one_line_on_a_mismatched_pair(tmp_path: Path) -> None:
@@ -102,5 +137,5 @@ def test_serve_stops_with_one_line_on_a_mismatched_pair(tmp_path: Path) -> None:
         timeout=120,
     )
     assert started.returncode != 0
-    assert "in use by another metadata database" in started.stderr, started.stderr
+    assert "belongs to another metadata database" in started.stderr, started.stderr
     assert "Traceback" not in started.stderr

@@ -357,6 +357,13 @@ def test_committing_again_and_completing_a_received_blob_succeed(small_parts: Ru
         second = http.post(f"/models/{model_id}/commit")
         assert first.status_code == second.status_code == 200 and first.json() == second.json()
         assert admin.get_model(model_id).state == "ready"
+        # A batch of small blobs from a run that had not seen the commit: read, dropped, no error.
+        late = http.post(
+            f"/models/{model_id}/blobs",
+            content=f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode() + data,
+            headers={"Content-Type": "application/x-modeldepot-blobs"},
+        )
+        assert late.status_code == 200 and late.json() == {"received": 0}
 
 
 def test_content_an_upload_counts_on_is_not_collected(small_parts: RunningServer, tmp_path: Path) -> None:

@@ -405,6 +405,10 @@ class LocalBlobStore:
     def location(self) -> str:
         return self.root.resolve().as_uri()
 
+    def has_blobs(self) -> bool:
+        """Whether any blob is stored (stops at the first)."""
+        return next((self.root / "sha256").glob("*/*/*" if self._nested else "*/*"), None) is not None
+
     def iter_blobs(self) -> Iterator[tuple[str, int]]:
         """Every stored blob as (sha256, size)."""
         for path in sorted((self.root / "sha256").glob("*/*/*" if self._nested else "*/*")):

@@ -425,6 +425,11 @@ class S3BlobStore:
             return None
         return self._pointer(head) or (final, int(head["ContentLength"]))
 
+    def has_blobs(self) -> bool:
+        """Whether any object is stored under ``sha256/`` (one listing of one key)."""
+        answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key("sha256") + "/", MaxKeys=1)
+        return bool(answer.get("Contents"))
+
     def _blob_objects(self) -> Iterator[tuple[str, str, int]]:
         """(sha256, key of its bytes, size) of every stored blob, in key order. Only pointers (and the
         empty blob) are empty objects under ``sha256/``, so only those are asked for their metadata."""

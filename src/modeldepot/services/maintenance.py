@@ -24,6 +24,7 @@ ORPHAN_STAGING_AGE = timedelta(hours=1)
 # The fact that names the blob store a metadata database uses, and how many of the blobs indexed last
 # must be in a store whose marker is missing for it to count as this database's.
 BLOB_STORE_ID = "blob_store_id"
+BLOB_STORE_MARKED = "blob_store_marked"
 PAIRING_SAMPLE = 5
 
 
@@ -77,40 +78,56 @@ class Maintenance:
         Each names the other: the database keeps an id (``blob_store_id``) that a marker in the store
         repeats. A server pointed at another database's store would sweep that database's uploads in
         flight as orphans; one pointed at another (or an empty) store would find every file gone, and
-        `fsck --repair` would then forget them. Where a marker is missing (an installation from
-        before it, or a fresh one), a few of the blobs indexed last must be in the store; then the
-        marker is written. Replicas starting together agree: the first id recorded wins.
+        `fsck --repair` would then forget them.
+
+        A store is marked only when it can be this database's: the blobs the database indexed last
+        are in it, or the database has none and the store holds none either. Once the marker is
+        written the database records that (``blob_store_marked``): a store without the marker is
+        then refused, unless those blobs are in it (a deleted marker is written again). The marker
+        is read before the database's id, and a replica writes the marker only after the id is
+        recorded, so replicas starting together never see a marker their database does not name.
         """
-        ours = self.store.get_fact(BLOB_STORE_ID)
         theirs = self.blobs.read_marker()
+        ours = self.store.get_fact(BLOB_STORE_ID)
         if ours is not None and ours == theirs:
+            self.store.set_fact_once(BLOB_STORE_MARKED, "yes")  # a start cut off before recording it
             return
         where, marker = self.blobs.location(), self.blobs.marker_location()
         settings = "Check --blob-url and --database-url (MODELDEPOT_BLOB_URL, MODELDEPOT_DATABASE_URL)"
-        if ours is not None and theirs is not None:
+        if theirs is not None:
+            if ours is not None:
+                detail = f"its marker ({marker}) names {theirs}, this database's store is {ours}"
+            else:
+                detail = f"its marker ({marker}) names {theirs}, which this database never recorded"
             raise Conflict(
-                f"The blob store at {where} belongs to another metadata database: its marker "
-                f"({marker}) names {theirs}, this database's store is {ours}",
+                f"The blob store at {where} belongs to another metadata database: {detail}",
                 hint=f"{settings}: each replica needs the same pair. If this store really is this "
-                "database's (e.g. restored from a backup), delete the marker and start again.",
+                "database's (e.g. a database restored from a backup older than the marker), delete "
+                "the marker and start again.",
             )
         recent = self.store.recent_blobs(PAIRING_SAMPLE)
-        if recent and not any(self.blobs.size(sha) == size for sha, size in recent):
+        if recent:
+            if not any(self.blobs.size(sha) == size for sha, size in recent):
+                raise Conflict(
+                    f"None of the {len(recent)} blobs this metadata database indexed last is in the "
+                    f"blob store at {where}: it is not this database's store",
+                    hint=f"{settings}, or run `modeldepot fsck` against the right store.",
+                )
+        elif ours is not None and self.store.get_fact(BLOB_STORE_MARKED):
             raise Conflict(
-                f"None of the {len(recent)} blobs this metadata database indexed last is in the blob "
-                f"store at {where}: it is not this database's store",
-                hint=f"{settings}, or run `modeldepot fsck` against the right store.",
+                f"The blob store at {where} has no marker, though this metadata database marked its "
+                f"store: it is another store, or its marker was deleted",
+                hint=f"{settings}. If it is this database's store, write {ours} into {marker}.",
             )
-        if theirs is not None and ours is None and not recent:
+        elif self.blobs.has_blobs():
             raise Conflict(
-                f"The blob store at {where} is in use by another metadata database (its marker "
-                f"{marker} names {theirs}), and this database has no content of its own",
-                hint=f"{settings}. To give the store to this database, delete the marker first: the "
-                "other database's files are then lost to it.",
+                f"The blob store at {where} holds content, and this metadata database has none: it "
+                "is another database's store",
+                hint=f"{settings}, or give this database a store of its own.",
             )
-        agreed = self.store.set_fact_once(BLOB_STORE_ID, theirs or ids.store_id())
-        if agreed != theirs:
-            self.blobs.write_marker(agreed)
+        agreed = self.store.set_fact_once(BLOB_STORE_ID, ours or ids.store_id())
+        self.blobs.write_marker(agreed)
+        self.store.set_fact_once(BLOB_STORE_MARKED, "yes")
 
     def collect(self, *, dry_run: bool = False, grace: timedelta | None = None) -> GcReport:
         """Remove expired uploads, orphaned staging areas and temporary files, then every unreferenced
