@@ -76,7 +76,7 @@ def test_a_new_database_pointed_at_a_store_in_use_stops(database_url: str, tmp_p
     store_dir = tmp_path / "blobs"
     _check(f"sqlite:///{tmp_path / 'first.db'}", tmp_path / "data1", store_dir)
     marker = (store_dir / "store-id").read_text()
-    with pytest.raises(Conflict, match="belongs to another metadata database: .* never recorded") as caught:
+    with pytest.raises(Conflict, match=r"belongs to another metadata database: .* never recorded") as caught:
         _check(database_url, tmp_path / "data2", store_dir)
     assert "delete the marker" in (caught.value.hint or "")
     assert (store_dir / "store-id").read_text() == marker  # the other database's marker stays
