@@ -137,7 +137,7 @@ def test_errors_are_one_line_with_a_hint_and_an_exit_code(logged_in: dict[str, s
     assert bad.returncode == 3 and "no files" in bad.stderr
     by_name = run(["models", "upload", str(f), "--name", "m", "--project", "nosuch"], env, check=False)
     assert by_name.returncode == 4
-    assert by_name.stderr.startswith("Error: No project has the id or the name 'nosuch'")
+    assert by_name.stderr.startswith("Error: Project 'nosuch' not found: no project has that id or name")
     assert "projects list" in by_name.stderr
     usage = run(
         ["models", "upload", str(f), "--name", "m", "--project", project, "--type", "pytorch"],

@@ -70,7 +70,7 @@ def _project(ctx: click.Context, _param: click.Parameter, value: str | None) -> 
             hint="Give the id of the one you mean.",
         )
     raise NotFound(
-        f"No project has the id or the name {value!r}",
+        f"Project {value!r} not found: no project has that id or name",
         hint="`modeldepot projects list` shows the projects this API key may see.",
     )
 

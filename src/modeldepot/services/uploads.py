@@ -418,9 +418,15 @@ class UploadService:
             for p in self.store.pending(model_id)
         )
 
-    def _uploading(self, principal: Principal, model_id: str) -> Model:
+    def _editable(self, principal: Principal, model_id: str) -> Model:
+        """The model, if this key may change it (editor in its project)."""
         model = self.models.get(principal, model_id, with_files=False)
         principal.require(model.project_id, "editor")
+        return model
+
+    def _uploading(self, principal: Principal, model_id: str, model: Model | None = None) -> Model:
+        """The model (``model`` if it was read already), if this key may change it and it is uploading."""
+        model = model or self._editable(principal, model_id)
         if model.state != "uploading":
             raise Conflict(f"Model {model_id} is {model.state}, not uploading; its files cannot change")
         return model
@@ -436,12 +442,11 @@ class UploadService:
     def _pending_or_received(self, principal: Principal, model_id: str, sha256: str) -> PendingBlob | None:
         """The blob of the model's manifest still to send, or None if it has been received (also
         when the model is ready: another run of the same upload may have committed it)."""
-        model = self.models.get(principal, model_id, with_files=False)
-        principal.require(model.project_id, "editor")
+        model = self._editable(principal, model_id)
         digest = validation.sha256(sha256)
         if model.state == "ready" and digest in self.store.manifest_sizes(model.id):
             return None
-        model = self._uploading(principal, model_id)
+        self._uploading(principal, model_id, model)
         found = self.store.get_pending(model.id, digest)
         if found is None and not any(f.sha256 == digest for f in self.store.model_files(model.id)):
             raise NotFound(f"Model {model_id} has no file with sha256 {digest} in its manifest")
@@ -465,13 +470,12 @@ class UploadService:
         A ready model has every blob: another run of the same upload committed it meanwhile; the
         frames are read and dropped, and none counts as received.
         """
-        found = self.models.get(principal, model_id, with_files=False)
-        principal.require(found.project_id, "editor")
-        if found.state == "ready":
+        model = self._editable(principal, model_id)
+        if model.state == "ready":
             for _ in body:
                 pass
             return 0
-        model = self._uploading(principal, model_id)
+        self._uploading(principal, model_id, model)
         manifest = self._manifest(model.id)
         reader = _FrameReader(body)
         batch: list[tuple[BlobWriter, str, int]] = []
@@ -630,11 +634,10 @@ class UploadService:
 
         A model that is ready already is handed back as it is: the answer to an earlier commit may
         have been lost, or another run of the same upload committed it."""
-        found = self.models.get(principal, model_id, with_files=False)
-        principal.require(found.project_id, "editor")
-        if found.state == "ready":
-            return self.models.get(principal, found.id)
-        model = self._uploading(principal, model_id)
+        model = self._editable(principal, model_id)
+        if model.state == "ready":
+            return self.models.get(principal, model.id)
+        self._uploading(principal, model_id, model)
         files = self.store.model_files(model.id)
         pending = {p.sha256 for p in self.store.pending(model.id)}
         stored = self.store.stored_blobs(f.sha256 for f in files)
