@@ -597,7 +597,8 @@ class UploadService:
             raise Conflict(f"No part of blob {pending.sha256} has been sent yet")
         received = self._received(pending.staging_id, pending.size, pending.part_size)
         absent = [n for n, _, size in _layout(pending.size, pending.part_size) if received.get(n) != size]
-        if absent and self._received_elsewhere(model_id, pending.sha256):
+        # No part listed at all: the area may have been finished and removed by another run.
+        if absent and not received and self._received_elsewhere(model_id, pending.sha256):
             return
         if absent:
             raise Conflict(
