@@ -381,15 +381,7 @@ class S3BlobStore:
             return body.read().decode("utf-8", "replace").strip() or None
 
     def write_marker(self, value: str) -> None:
-        data = (value + "\n").encode()
-        with _writing():
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self.key(MARKER),
-                Body=data,
-                ContentMD5=_md5(data),
-                ContentType="text/plain",
-            )
+        self._put(self.key(MARKER), (value + "\n").encode(), "text/plain")
 
     def key(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts) if self.prefix else parts)
@@ -481,13 +473,13 @@ class S3BlobStore:
 
     def put_object(self, sha256: str, data: bytes) -> None:
         """PUT verified bytes to blob ``sha256``'s key; the caller holds the publish guard."""
+        self._put(self._blob_key(sha256), data)
+
+    def _put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """One PUT of ``data`` to ``key``, checked by the store against its MD5."""
         with _writing():
             self.client.put_object(
-                Bucket=self.bucket,
-                Key=self._blob_key(sha256),
-                Body=data,
-                ContentMD5=_md5(data),
-                ContentType="application/octet-stream",
+                Bucket=self.bucket, Key=key, Body=data, ContentMD5=_md5(data), ContentType=content_type
             )
 
     def publish(self, key: str, sha256: str, size: int) -> None:

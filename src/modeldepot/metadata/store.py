@@ -355,11 +355,21 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
     def set_fact_once(self, name: str, value: str) -> str:
         """Record ``value`` under ``name`` unless a value is there already; the value that is there now."""
         with self._tx() as conn:
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            conn.execute(
-                dialect_insert(t.server_facts).values(name=name, value=value).on_conflict_do_nothing()
-            )
+            self._insert_fact(conn, name, value)
             return str(conn.scalar(select(t.server_facts.c.value).where(t.server_facts.c.name == name)))
+
+    @staticmethod
+    def _insert_fact(conn: Connection, name: str, value: str) -> bool:
+        """Insert the fact unless one of that name is there (waiting for another transaction that
+        inserts it at once); whether this one did."""
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        inserted = conn.scalar(
+            dialect_insert(t.server_facts)
+            .values(name=name, value=value)
+            .on_conflict_do_nothing()
+            .returning(t.server_facts.c.name)  # (rowcount is -1 here with psycopg)
+        )
+        return inserted is not None
 
     def release_upload_key(self, model_id: str) -> None:
         """Take the upload key from an uploading model: a new upload with other files takes it over."""
@@ -740,14 +750,9 @@ class SqlMetadataStore(BlobRows, WorkloadRows):
         with (SQLite) another's, and only the one that inserts it goes on, if there is still no key.
         """
         with self._tx() as conn:
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            won = conn.scalar(
-                dialect_insert(t.server_facts)
-                .values(name="bootstrap", value=key.id)
-                .on_conflict_do_nothing()
-                .returning(t.server_facts.c.name)  # (rowcount is -1 here with psycopg)
-            )
-            if won is None or conn.scalar(select(func.count()).select_from(t.api_keys)):
+            if not self._insert_fact(conn, "bootstrap", key.id) or conn.scalar(
+                select(func.count()).select_from(t.api_keys)
+            ):
                 return False
             self._insert_key(conn, key, secret_hash)
             return True
